@@ -1,0 +1,63 @@
+"""The reference's SHA-256 digests and the state index (wire-protocol §6.1, §6.9)."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .tree import Entry
+
+_DIGEST_FIELDS = struct.Struct("<QIIIBQ")
+_LOCK_FIELDS = struct.Struct("<QQIIIBQ")
+INDEX_HEADER = struct.Struct("<QQIIII")
+INDEX_RECORD = struct.Struct("<Q32s")
+
+
+def _payload(e: Entry) -> bytes:
+    return e.data if e.type == 8 and e.data else b""
+
+
+def entry_digest(e: Entry) -> bytes:
+    """Digest A: index record digest (no inode)."""
+    h = hashlib.sha256(
+        _DIGEST_FIELDS.pack(e.version, e.writer, e.mtime, e.size, e.type, e.parent)
+    )
+    h.update(e.name_bytes)
+    h.update(_payload(e))
+    return h.digest()
+
+
+def lock_input(e: Entry) -> bytes:
+    return (
+        _LOCK_FIELDS.pack(e.inode, e.version, e.writer, e.mtime, e.size, e.type, e.parent)
+        + e.name_bytes
+        + _payload(e)
+    )
+
+
+def lock_checksum(e: Entry) -> bytes:
+    """Digest B: identity of a lock directory."""
+    return hashlib.sha256(lock_input(e)).digest()
+
+
+def verify_checksum(entries: Iterable[Entry]) -> bytes:
+    """Digest C: one SHA-256 over every entry's B input in ascending inode order."""
+    h = hashlib.sha256()
+    for e in sorted(entries, key=lambda x: x.inode):
+        h.update(lock_input(e))
+    return h.digest()
+
+
+def encode_index(
+    version: int, writer: int, mtime: int, entries: Iterable[Entry]
+) -> bytes:
+    """The STATE payload: header plus (inode, digest A) sorted by inode, root included."""
+    ordered = sorted(entries, key=lambda x: x.inode)
+    count = len(ordered)
+    last_inode = ordered[-1].inode if ordered else 0
+    parts = [INDEX_HEADER.pack(version, last_inode, writer, mtime, count, 32 + 40 * count)]
+    parts.extend(INDEX_RECORD.pack(e.inode, entry_digest(e)) for e in ordered)
+    return b"".join(parts)
