@@ -238,10 +238,10 @@ class Tree:
         self.last_inode = max(index)
         self.total_bytes = sum(e.size for e in index.values())
         max_version = max(e.version for e in index.values())
-        floor = max(self.last_inode, max_version)
+        floor = max(self.last_inode, max_version, 1)
         if root.version < floor:
             # Q4: a missing or stale version row must never let a new inode replace an old one.
-            root.version = max(floor, 1)
+            root.version = floor
 
     def _check_reachable(self) -> None:
         seen = 0

@@ -1,0 +1,249 @@
+"""The pmxcfs daemon: startup sequence, mode choice, the trio loop and clean shutdown (spec §9)."""
+
+from __future__ import annotations
+
+import errno
+import grp
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+
+from . import log as pmxlog
+from .backend import Backend, LocalBackend
+from .constants import COROSYNC_CONF, DB_NAME, LOCKFILE_NAME, RESTART_FLAG_NAME
+from .constants import WWW_DATA_GROUP as WWW_DATA
+from .fs.invalidator import Invalidator
+from .fs.namespace import Namespace, debug_writer
+from .fs.operations import Filesystem
+from .options import Options, parse
+from .runtime import (
+    ReadyPipe,
+    StartupError,
+    acquire_lock,
+    create_restart_flag,
+    daemonize,
+    detach_stdio,
+    nodename_from_host,
+    prepare_mountpoint,
+    remove_file,
+    resolve_node_ip,
+    write_pid_file,
+)
+from .status.clusterlog import ClusterLog
+from .status.render import RrdTable, render_members, render_version, render_vmlist
+from .status.state import ClusterStatus
+from .storage import Database, DatabaseError
+from .tree import Tree, TreeError
+
+log = logging.getLogger("pmxcfs.main")
+
+
+class NoQuorumBackend(LocalBackend):
+    """Cluster mode without a cluster connection: read-only, every change gets EACCES."""
+
+    @property
+    def quorate(self) -> bool:
+        return False
+
+    async def _deny(self, *args: object) -> None:
+        raise TreeError(errno.EACCES, "not quorate")
+
+    mkdir = create = delete = rename = truncate = set_mtime = _deny  # type: ignore[assignment]
+
+    async def write(self, path: str, offset: int, data: bytes) -> int:
+        raise TreeError(errno.EACCES, "not quorate")
+
+
+@dataclass
+class Daemon:
+    opts: Options
+    nodename: str
+    node_ip: str
+    gid: int
+    db: Database
+    tree: Tree
+    status: ClusterStatus
+    clog: ClusterLog
+    cluster_mode: bool
+    ready: ReadyPipe
+    rrd: RrdTable = field(default_factory=RrdTable)
+
+    @property
+    def restart_flag(self) -> str:
+        return os.path.join(self.opts.run_dir, RESTART_FLAG_NAME)
+
+    def namespace(self) -> Namespace:
+        ns = Namespace(self.nodename)
+        ns.add_generated(".version", lambda: render_version(self.status, self.tree.vmlist).encode())
+        ns.add_generated(".members", lambda: render_members(self.status).encode())
+        ns.add_generated(".vmlist", lambda: render_vmlist(self.tree.vmlist).encode())
+        ns.add_generated(".rrd", lambda: self.rrd.dump().encode())
+        ns.add_generated(".clusterlog", lambda: self.clog.dump().encode())
+        ns.add_generated(
+            ".debug",
+            lambda: b"1\n" if pmxlog.is_debug() else b"0\n",
+            debug_writer(pmxlog.is_debug, _set_debug),
+            mode=0o640,
+        )
+        return ns
+
+    async def run(self) -> int:
+        opts = self.opts
+        prepare_mountpoint(opts.mount)
+        invalidator = Invalidator(lambda: self.tree)
+        self.tree.listeners.append(self.status.on_tree_change)
+        self.tree.listeners.append(invalidator.on_change)
+        backend: Backend
+        if self.cluster_mode:
+            self.status.quorate = False
+            backend = NoQuorumBackend(self.tree)
+        else:
+            backend = LocalBackend(self.tree)
+        fs = Filesystem(backend, self.namespace(), self.gid, invalidator, lambda: backend.quorate)
+        self.status.quorum_listeners.append(lambda q: invalidator.invalidate_all(attr_only=True))
+        fuse_opts = {"default_permissions", "allow_other"}
+        try:
+            pyfuse3.init(fs, opts.mount, fuse_opts)
+        except RuntimeError as exc:
+            raise StartupError(f"fuse_mount error: {exc}") from exc
+        mounted = True
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._fuse_main, nursery)
+                nursery.start_soon(invalidator.run)
+                nursery.start_soon(self._signals, nursery)
+                if self.cluster_mode:
+                    cluster = await self._start_cluster(nursery)
+                    if cluster is not None:
+                        backend = cluster
+                        fs.backend = cluster
+                        fs.quorate = lambda: cluster.quorate
+                if opts.foreground:
+                    write_pid_file(opts.pid_file, os.getpid())
+                remove_file(self.restart_flag)
+                self.ready.ready()
+                if not opts.foreground:
+                    pmxlog.stop_stderr()
+                    detach_stdio()
+        finally:
+            create_restart_flag(self.restart_flag, self.gid)
+            log.info("teardown filesystem")
+            if mounted:
+                pyfuse3.close(unmount=True)
+        return 0
+
+    async def _start_cluster(self, nursery: trio.Nursery) -> Backend | None:
+        try:
+            from .cluster import start_cluster
+        except ImportError:
+            log.error("cluster support is not available - staying read-only")
+            return None
+        backend: Backend = await nursery.start(
+            start_cluster, self.tree, self.db, self.status, self.nodename
+        )
+        return backend
+
+    async def _fuse_main(self, nursery: trio.Nursery) -> None:
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+    async def _signals(self, nursery: trio.Nursery) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            async for signum in sigs:
+                log.info("received signal %d", signum)
+                nursery.cancel_scope.cancel()
+                return
+
+
+def _set_debug(on: bool) -> None:
+    if on != pmxlog.is_debug():
+        logging.getLogger("pmxcfs.main").info("%s debug mode", "enable" if on else "disable")
+    pmxlog.set_debug(on)
+
+
+def _import_corosync_conf(tree: Tree, path: str) -> None:
+    """A fresh database takes the host's corosync.conf: that is how a node joins (spec §2.6)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return
+    now = int(time.time())
+    try:
+        tree.create(COROSYNC_CONF, 0, now)
+        tree.write(COROSYNC_CONF, 0, data, 0, now, truncate=True)
+    except TreeError as exc:
+        raise StartupError(f"memdb_write failed - unable to import corosync.conf: {exc}") from exc
+
+
+def start(opts: Options) -> int:
+    pmxlog.setup(foreground=True, debug=opts.debug)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    nodename = opts.nodename or nodename_from_host()
+    node_ip = opts.node_ip or resolve_node_ip(nodename)
+    log.info("resolved node name '%s' to '%s' for default node IP address", nodename, node_ip)
+    try:
+        gid = grp.getgrnam(WWW_DATA).gr_gid
+    except KeyError:
+        raise StartupError(f"unable to get '{WWW_DATA}' group ID") from None
+    os.umask(0o027)
+    for d in (opts.db_dir, opts.run_dir):
+        os.makedirs(d, 0o755, exist_ok=True)
+    os.chown(opts.run_dir, 0, gid)
+    lock_fd = acquire_lock(os.path.join(opts.db_dir, LOCKFILE_NAME))
+    ready = ReadyPipe(None)
+    if not opts.foreground:
+        ready = daemonize(opts.pid_file)
+    status = ClusterStatus(nodename)
+    clog = ClusterLog(nodename)
+    clog.add_local("root", "cluster", 6, "starting cluster log")
+    db_path = os.path.join(opts.db_dir, DB_NAME)
+    existed = os.path.exists(db_path)
+    try:
+        db, tree = Database.open(db_path)
+    except DatabaseError as exc:
+        log.critical("%s", exc)
+        raise StartupError(f"memdb_open failed - unable to open database '{db_path}'") from exc
+    tree.listeners.append(status.on_tree_change)
+    for p in status.path_versions:
+        status.path_versions[p] = 1
+    if not existed and not opts.local:
+        _import_corosync_conf(tree, opts.corosync_conf)
+    tree.listeners.remove(status.on_tree_change)
+    has_conf = tree.lookup(COROSYNC_CONF) is not None
+    if has_conf and opts.local:
+        log.warning("forcing local mode (although corosync.conf exists)")
+    elif not has_conf:
+        log.debug("using local mode (corosync.conf does not exist)")
+    daemon = Daemon(
+        opts, nodename, node_ip, gid, db, tree, status, clog, has_conf and not opts.local, ready
+    )
+    try:
+        rc = trio.run(daemon.run)
+    finally:
+        db.close()
+        remove_file(opts.pid_file)
+        os.close(lock_fd)
+    log.info("exit proxmox configuration filesystem (%d)", rc)
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        return start(opts)
+    except StartupError as exc:
+        log.critical("%s", exc)
+        return 255
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

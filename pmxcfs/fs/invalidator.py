@@ -1,0 +1,145 @@
+"""Kernel cache invalidation for changes the kernel did not see happen.
+
+The kernel caches entries, attributes and file pages for a long time. A change applied by any
+path other than the local syscall (a cluster message, a resync, a lock expiry) queues
+invalidations here. They run on a worker thread because a notification can wait on a page
+lock held by a request this process has not answered yet, which would deadlock the trio loop.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import errno
+import logging
+import math
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from ..tree import Change, Op, Tree
+
+log = logging.getLogger("pmxcfs.fs")
+
+# Set while the filesystem applies its own request: the kernel already knows those results.
+local_request: contextvars.ContextVar[bool] = contextvars.ContextVar("local_request", default=False)
+
+# ("inode", fuse_ino, attr_only) or ("entry", parent_fuse_ino, name, deleted_fuse_ino)
+Job = tuple[str, int, object, int]
+
+
+def fuse_ino(tree_inode: int) -> int:
+    return tree_inode + 1
+
+
+class KnownInodes:
+    """What the kernel holds: lookup counts plus the name it knows each inode by."""
+
+    __slots__ = ("names",)
+
+    def __init__(self) -> None:
+        self.names: dict[int, tuple[int, bytes, int]] = {}  # ino -> (parent ino, name, count)
+
+    def add(self, ino: int, parent: int, name: bytes) -> None:
+        cur = self.names.get(ino)
+        self.names[ino] = (parent, name, cur[2] + 1 if cur else 1)
+
+    def forget(self, ino: int, n: int) -> None:
+        cur = self.names.get(ino)
+        if cur is None:
+            return
+        if cur[2] <= n:
+            del self.names[ino]
+        else:
+            self.names[ino] = (cur[0], cur[1], cur[2] - n)
+
+
+class Invalidator:
+    def __init__(self, tree_getter: Callable[[], Tree]) -> None:
+        self._tree = tree_getter
+        self.known = KnownInodes()
+        self._send, self._recv = trio.open_memory_channel[Job](math.inf)
+        self.active = False
+        self._pending = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    def on_change(self, change: Change) -> None:
+        """Tree listener: queue what the kernel must forget."""
+        if not self.active or local_request.get():
+            return
+        op = change.op
+        if op is Op.RELOAD:
+            self.invalidate_all()
+            return
+        ino = fuse_ino(change.inode)
+        name = change.name.encode("utf-8", "surrogateescape")
+        parent = fuse_ino(change.parent)
+        if op in (Op.MKDIR, Op.CREATE):
+            self._put(("entry", parent, name, 0))
+        elif op is Op.WRITE:
+            self._put(("inode", ino, False, 0))
+        elif op is Op.MTIME:
+            self._put(("inode", ino, True, 0))
+        elif op is Op.DELETE:
+            self._put(("entry", parent, name, ino))
+        elif op is Op.RENAME:
+            self._put(("entry", parent, name, 0))
+            new_name = change.new_name.encode("utf-8", "surrogateescape")
+            replaced = fuse_ino(change.replaced) if change.replaced is not None else 0
+            self._put(("entry", fuse_ino(change.new_parent), new_name, replaced))
+            self._put(("inode", ino, True, 0))
+
+    def invalidate_all(self, attr_only: bool = False) -> None:
+        """After a resync or a quorum flip: everything the kernel holds may be wrong."""
+        if not self.active:
+            return
+        tree = self._tree()
+        for ino, (parent, name, _) in list(self.known.names.items()):
+            e = tree.index.get(ino - 1)
+            if e is None or fuse_ino(e.parent) != parent or e.name.encode(
+                "utf-8", "surrogateescape"
+            ) != name:
+                self._put(("entry", parent, name, 0))
+            self._put(("inode", ino, attr_only, 0))
+        self._put(("inode", pyfuse3.ROOT_INODE, attr_only, 0))
+
+    def _put(self, job: Job) -> None:
+        self._pending += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        self._send.send_nowait(job)
+
+    async def drain(self) -> None:
+        """Wait until every queued invalidation has reached the kernel."""
+        await self._idle.wait()
+
+    async def run(self) -> None:
+        self.active = True
+        try:
+            while True:
+                batch = [await self._recv.receive()]
+                while True:
+                    try:
+                        batch.append(self._recv.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await trio.to_thread.run_sync(_apply_batch, batch)
+                self._pending -= len(batch)
+                if self._pending == 0:
+                    self._idle.set()
+        finally:
+            self.active = False
+
+
+def _apply_batch(batch: list[Job]) -> None:
+    for kind, ino, arg, deleted in batch:
+        try:
+            if kind == "inode":
+                pyfuse3.invalidate_inode(ino, bool(arg))  # type: ignore[arg-type]
+            else:
+                assert isinstance(arg, bytes)
+                pyfuse3.invalidate_entry(ino, arg, deleted)  # type: ignore[arg-type]
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.EBADF, errno.ENOTDIR):
+                log.debug("cache invalidation failed: %s", exc)

@@ -1,0 +1,470 @@
+"""pyfuse3 Operations: a thin map from FUSE requests to the tree, the fixed entries and the
+backend (spec §4). Inode numbers are the DB inode + 1 (root 1); fixed entries live high.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Callable, Sequence
+
+import pyfuse3
+from pyfuse3 import FUSEError
+
+from .. import paths
+from ..backend import Backend
+from ..constants import BLOCK_SIZE, MAX_FS_SIZE, MAX_WRITE, MAX_INODES, NAME_MAX
+from ..tree import Entry, Tree, TreeError
+from .invalidator import Invalidator, fuse_ino, local_request
+from .namespace import Generated, GeneratedError, Namespace, Symlink
+
+log = logging.getLogger("pmxcfs.fs")
+
+CACHE_TIMEOUT = 300.0  # safe because every change the kernel does not make is invalidated
+ROOT = pyfuse3.ROOT_INODE
+_RENAME_FLAGS_UNSUPPORTED = errno.EINVAL
+_ALL_SET = 0xFFFFFFFF
+
+
+def _err(exc: TreeError | GeneratedError) -> FUSEError:
+    return FUSEError(exc.errno)
+
+
+class _FileHandle:
+    __slots__ = ("content", "entry", "fixed")
+
+    def __init__(self, entry: Entry | None, fixed: Generated | None, content: bytes) -> None:
+        self.entry = entry
+        self.fixed = fixed
+        self.content = content
+
+
+class Filesystem(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(
+        self,
+        backend: Backend,
+        namespace: Namespace,
+        gid: int,
+        invalidator: Invalidator,
+        quorate: Callable[[], bool],
+    ) -> None:
+        super().__init__()
+        self.backend = backend
+        self.ns = namespace
+        self.gid = gid
+        self.inval = invalidator
+        self.quorate = quorate
+        self._handles: dict[int, _FileHandle] = {}
+        self._dirs: dict[int, list[tuple[bytes, pyfuse3.EntryAttributes, int]]] = {}
+        self._next_fh = 1
+
+    # ------------------------------------------------------------------ attributes
+
+    @property
+    def tree(self) -> Tree:
+        return self.backend.tree
+
+    def _attr_entry(self, e: Entry) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        q = self.quorate()
+        path_private = self._private(e)
+        if e.children is not None:
+            mode = stat.S_IFDIR | ((0o777 if q else 0o555) & (0o700 if path_private else 0o755))
+            a.st_nlink = 2
+            a.st_size = 0
+            a.st_blocks = 0
+        else:
+            raw = 0o666 if q else 0o444
+            if paths.is_openvz_script(e.name):
+                raw |= 0o100
+            mode = stat.S_IFREG | (raw & (0o700 if path_private else 0o750))
+            size = len(e.data)
+            a.st_nlink = 1
+            a.st_size = size
+            a.st_blocks = (size + BLOCK_SIZE - 1) // BLOCK_SIZE
+        a.st_mode = mode
+        a.st_ino = e.inode + 1
+        a.st_uid = 0
+        a.st_gid = self.gid
+        ns = e.mtime * 1_000_000_000
+        a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = ns
+        a.st_blksize = BLOCK_SIZE
+        a.entry_timeout = a.attr_timeout = CACHE_TIMEOUT
+        if e.inode == 0:
+            a.st_mode = stat.S_IFDIR | 0o755
+            a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = 0
+        return a
+
+    def _private(self, e: Entry) -> bool:
+        index = self.tree.index
+        chain: list[str] = []
+        while e.inode != 0:
+            chain.append(e.name)
+            e = index[e.parent]
+        if not chain:
+            return False
+        top = chain[-1]
+        if top == "priv":
+            return True
+        return len(chain) >= 3 and top == "nodes" and chain[-3] == "priv"
+
+    def _attr_fixed(self, obj: Symlink | Generated, content: bytes | None = None) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = obj.inode
+        a.st_uid = 0
+        a.st_gid = self.gid
+        a.st_nlink = 1
+        a.st_blksize = BLOCK_SIZE
+        if isinstance(obj, Symlink):
+            a.st_mode = stat.S_IFLNK | (0o755 if self.quorate() else 0o555)
+            a.st_size = 0
+            a.entry_timeout = a.attr_timeout = CACHE_TIMEOUT
+        else:
+            a.st_mode = stat.S_IFREG | obj.mode
+            a.st_size = len(obj.safe_render() if content is None else content)
+            a.entry_timeout = CACHE_TIMEOUT
+            a.attr_timeout = 0
+        return a
+
+    def _entry(self, ino: int) -> Entry:
+        e = self.tree.index.get(ino - 1)
+        if e is None:
+            raise FUSEError(errno.ENOENT)
+        return e
+
+    def _attr(self, ino: int) -> pyfuse3.EntryAttributes:
+        fixed = self.ns.by_inode.get(ino)
+        if fixed is not None:
+            return self._attr_fixed(fixed)
+        return self._attr_entry(self._entry(ino))
+
+    def _child_path(self, parent_ino: int, name: bytes) -> str:
+        """The memdb path of parent/name; the root and fixed names are not tree paths."""
+        if parent_ino == ROOT and name in self.ns.by_name:
+            raise FUSEError(errno.EACCES)
+        if parent_ino in self.ns.by_inode:
+            raise FUSEError(errno.ENOTDIR)
+        parent = self._entry(parent_ino)
+        try:
+            text = name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FUSEError(errno.EINVAL) from None
+        base = self.tree.path_of(parent)
+        return f"{base}/{text}" if base else text
+
+    def _tree_path(self, ino: int) -> str:
+        if ino == ROOT or ino in self.ns.by_inode:
+            raise FUSEError(errno.EACCES)
+        return self.tree.path_of(self._entry(ino))
+
+    def _remember(self, attr: pyfuse3.EntryAttributes, parent: int, name: bytes) -> None:
+        self.inval.known.add(attr.st_ino, parent, name)
+
+    # ------------------------------------------------------------------ lookups
+
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
+        if parent_inode == ROOT:
+            fixed = self.ns.by_name.get(name)
+            if fixed is not None:
+                return self._attr_fixed(fixed)
+        parent = self.tree.index.get(parent_inode - 1)
+        if parent is None or parent.children is None:
+            raise FUSEError(errno.ENOENT)
+        try:
+            child = parent.children.get(name.decode("utf-8"))
+        except UnicodeDecodeError:
+            child = None
+        if child is None:
+            raise FUSEError(errno.ENOENT)
+        attr = self._attr_entry(child)
+        self._remember(attr, parent_inode, name)
+        return attr
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        known = self.inval.known
+        for ino, n in inode_list:
+            known.forget(ino, n)
+
+    async def getattr(
+        self, inode: int, ctx: pyfuse3.RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
+        return self._attr(inode)
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        obj = self.ns.by_inode.get(inode)
+        if not isinstance(obj, Symlink):
+            raise FUSEError(errno.EINVAL)
+        return obj.target(self.ns.nodename)
+
+    # ------------------------------------------------------------------ directories
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if inode in self.ns.by_inode:
+            raise FUSEError(errno.ENOTDIR)
+        e = self._entry(inode)
+        if e.children is None:
+            raise FUSEError(errno.ENOTDIR)
+        listing: list[tuple[bytes, pyfuse3.EntryAttributes, int]] = []
+        dot = self._attr_entry(e)
+        listing.append((b".", dot, 0))
+        parent = self.tree.index.get(e.parent) if e.inode else e
+        listing.append((b"..", self._attr_entry(parent) if parent else dot, 0))
+        if inode == ROOT:
+            for obj in self.ns.order:
+                listing.append((obj.name.encode(), self._attr_fixed(obj), 0))
+            hidden = self.ns.by_name
+        else:
+            hidden = {}
+        for name, child in e.children.items():
+            bname = name.encode("utf-8", "surrogateescape")
+            if bname in hidden:
+                continue
+            listing.append((bname, self._attr_entry(child), 1))
+        fh = self._next_fh
+        self._next_fh += 1
+        self._dirs[fh] = listing
+        return fh
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        listing = self._dirs.get(fh)
+        if listing is None:
+            raise FUSEError(errno.EBADF)
+        parent = 0
+        for i in range(start_id, len(listing)):
+            name, attr, track = listing[i]
+            if not pyfuse3.readdir_reply(token, name, attr, i + 1):
+                return
+            if track:
+                if not parent:
+                    parent = listing[0][1].st_ino
+                self._remember(attr, parent, name)
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    # ------------------------------------------------------------------ files
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        fixed = self.ns.by_inode.get(inode)
+        fh = self._next_fh
+        self._next_fh += 1
+        if fixed is not None:
+            if isinstance(fixed, Symlink):
+                raise FUSEError(errno.ELOOP)
+            self._handles[fh] = _FileHandle(None, fixed, fixed.safe_render())
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        e = self._entry(inode)
+        if e.children is not None:
+            raise FUSEError(errno.EISDIR)
+        self._handles[fh] = _FileHandle(e, None, b"")
+        return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
+
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        path = self._child_path(parent_inode, name)
+        token = local_request.set(True)
+        try:
+            await self.backend.create(path)
+        except TreeError as exc:
+            raise _err(exc) from None
+        finally:
+            local_request.reset(token)
+        e = self.tree.lookup(path)
+        if e is None:
+            raise FUSEError(errno.ENOENT)
+        attr = self._attr_entry(e)
+        self._remember(attr, parent_inode, name)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = _FileHandle(e, None, b"")
+        return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True), attr
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self._handles.get(fh)
+        if h is None:
+            raise FUSEError(errno.EBADF)
+        if h.fixed is not None:
+            return h.content[off : off + size]
+        assert h.entry is not None
+        cur = self.tree.index.get(h.entry.inode)
+        data = (cur if cur is not None else h.entry).data
+        return data[off : off + size]
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self._handles.get(fh)
+        if h is None:
+            raise FUSEError(errno.EBADF)
+        if h.fixed is not None:
+            if h.fixed.write is None:
+                raise FUSEError(errno.EIO)
+            try:
+                return h.fixed.write(buf, off)
+            except GeneratedError as exc:
+                raise _err(exc) from None
+        assert h.entry is not None
+        if h.entry.inode not in self.tree.index:
+            raise FUSEError(errno.ENOENT)
+        path = self.tree.path_of(h.entry)
+        token = local_request.set(True)
+        done = 0
+        try:
+            # The reference sees 128 KiB chunks, each its own version; a chunk past 1 MiB
+            # fails, and what was written before it is a short write.
+            while done < len(buf):
+                chunk = bytes(buf[done : done + MAX_WRITE])
+                done += await self.backend.write(path, off + done, chunk)
+            return done
+        except TreeError as exc:
+            if done:
+                return done
+            raise _err(exc) from None
+        finally:
+            local_request.reset(token)
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        return None
+
+    async def release(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    # ------------------------------------------------------------------ changes
+
+    async def _call(self, coro_fn: Callable[..., object], *args: object) -> None:
+        token = local_request.set(True)
+        try:
+            await coro_fn(*args)  # type: ignore[misc]
+        except TreeError as exc:
+            raise _err(exc) from None
+        finally:
+            local_request.reset(token)
+
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        path = self._child_path(parent_inode, name)
+        await self._call(self.backend.mkdir, path)
+        e = self.tree.lookup(path)
+        if e is None:
+            raise FUSEError(errno.ENOENT)
+        attr = self._attr_entry(e)
+        self._remember(attr, parent_inode, name)
+        return attr
+
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if not stat.S_ISREG(mode):
+            raise FUSEError(errno.ENOSYS)
+        fi, attr = await self.create(parent_inode, name, mode, os.O_WRONLY, ctx)
+        self._handles.pop(fi.fh, None)
+        return attr
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._call(self.backend.delete, self._child_path(parent_inode, name))
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._call(self.backend.delete, self._child_path(parent_inode, name))
+
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        if flags:
+            raise FUSEError(_RENAME_FLAGS_UNSUPPORTED)
+        src = self._child_path(parent_inode_old, name_old)
+        dst = self._child_path(parent_inode_new, name_new)
+        await self._call(self.backend.rename, src, dst)
+
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise FUSEError(errno.ENOSYS)
+
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise FUSEError(errno.EPERM)
+
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        fixed = self.ns.by_inode.get(inode)
+        if fields.update_mode:
+            self._check_chmod(inode, attr.st_mode)
+        if fields.update_uid or fields.update_gid:
+            uid = attr.st_uid if fields.update_uid else _ALL_SET
+            gid = attr.st_gid if fields.update_gid else _ALL_SET
+            if uid not in (0, _ALL_SET) or gid not in (self.gid, _ALL_SET):
+                raise FUSEError(errno.EPERM)
+        if fields.update_size:
+            if fixed is not None:
+                if isinstance(fixed, Generated) and fixed.write is not None:
+                    pass  # .debug: truncate accepted, no effect
+                else:
+                    raise FUSEError(errno.EIO)
+            else:
+                await self._call(self.backend.truncate, self._tree_path(inode), attr.st_size)
+        if fields.update_mtime and fields.update_atime:
+            path = self._tree_path(inode)
+            await self._call(self.backend.set_mtime, path, attr.st_mtime_ns // 1_000_000_000)
+        return self._attr(inode)
+
+    def _check_chmod(self, inode: int, mode: int) -> None:
+        if inode in self.ns.by_inode or inode == ROOT:
+            private = False
+        else:
+            private = self._private(self._entry(inode))
+        if (mode & 0o7777) != (0o600 if private else 0o640):
+            raise FUSEError(errno.EPERM)
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        blocks = MAX_FS_SIZE // BLOCK_SIZE
+        used = (self.tree.total_bytes + BLOCK_SIZE - 1) // BLOCK_SIZE
+        s.f_bsize = BLOCK_SIZE
+        s.f_frsize = BLOCK_SIZE
+        s.f_blocks = blocks
+        s.f_bfree = s.f_bavail = max(blocks - used, 0)
+        s.f_files = MAX_INODES
+        s.f_ffree = s.f_favail = max(MAX_INODES - len(self.tree.index), 0)
+        s.f_namemax = NAME_MAX
+        return s
+
+    # ------------------------------------------------------------------ xattrs
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        raise FUSEError(errno.EOPNOTSUPP)
+
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        raise FUSEError(errno.EOPNOTSUPP)
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        raise FUSEError(errno.EOPNOTSUPP)
+
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise FUSEError(errno.EOPNOTSUPP)
+
