@@ -110,6 +110,10 @@ class Invalidator:
             self._idle = trio.Event()
         self._send.send_nowait(job)
 
+    async def invalidate_now(self, ino: int) -> None:
+        """Drop an inode's pages and attributes before answering the request that changed it."""
+        await trio.to_thread.run_sync(_apply_batch, [("inode", ino, False, 0)])
+
     async def drain(self) -> None:
         """Wait until every queued invalidation has reached the kernel."""
         await self._idle.wait()

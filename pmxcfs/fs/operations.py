@@ -24,6 +24,7 @@ log = logging.getLogger("pmxcfs.fs")
 
 CACHE_TIMEOUT = 300.0  # safe because every change the kernel does not make is invalidated
 ROOT = pyfuse3.ROOT_INODE
+FUSE_NAME_MAX = 1024  # what the reference's kernel interface allowed; pmxcfs adds no limit
 _RENAME_FLAGS_UNSUPPORTED = errno.EINVAL
 _ALL_SET = 0xFFFFFFFF
 
@@ -63,6 +64,7 @@ class Filesystem(pyfuse3.Operations):
         self._handles: dict[int, _FileHandle] = {}
         self._dirs: dict[int, list[tuple[bytes, pyfuse3.EntryAttributes, int]]] = {}
         self._next_fh = 1
+        self._paged: set[int] = set()  # tree inodes whose pages the kernel may cache
 
     # ------------------------------------------------------------------ attributes
 
@@ -151,6 +153,8 @@ class Filesystem(pyfuse3.Operations):
         if parent_ino in self.ns.by_inode:
             raise FUSEError(errno.ENOTDIR)
         parent = self._entry(parent_ino)
+        if len(name) > FUSE_NAME_MAX:
+            raise FUSEError(errno.ENAMETOOLONG)
         try:
             text = name.decode("utf-8")
         except UnicodeDecodeError:
@@ -175,6 +179,8 @@ class Filesystem(pyfuse3.Operations):
             fixed = self.ns.by_name.get(name)
             if fixed is not None:
                 return self._attr_fixed(fixed)
+        if len(name) > FUSE_NAME_MAX:
+            raise FUSEError(errno.ENAMETOOLONG)
         parent = self.tree.index.get(parent_inode - 1)
         if parent is None or parent.children is None:
             raise FUSEError(errno.ENOENT)
@@ -259,13 +265,23 @@ class Filesystem(pyfuse3.Operations):
         if fixed is not None:
             if isinstance(fixed, Symlink):
                 raise FUSEError(errno.ELOOP)
+            if flags & os.O_TRUNC and fixed.write is None:
+                raise FUSEError(errno.EIO)
             self._handles[fh] = _FileHandle(None, fixed, fixed.safe_render())
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         e = self._entry(inode)
         if e.children is not None:
             raise FUSEError(errno.EISDIR)
+        if flags & os.O_TRUNC:
+            # The kernel hands O_TRUNC to open (atomic_o_trunc); the reference saw a
+            # separate truncate(0), one version bump, so do exactly that.
+            await self._call(self.backend.truncate, self.tree.path_of(e), 0)
         self._handles[fh] = _FileHandle(e, None, b"")
-        return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
+        if flags & os.O_ACCMODE == os.O_RDONLY:
+            # Readers share the kernel page cache; writers go direct so that every write
+            # reaches us in the reference's 128 KiB chunks.
+            return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
+        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
@@ -286,7 +302,7 @@ class Filesystem(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = _FileHandle(e, None, b"")
-        return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True), attr
+        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False), attr
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         h = self._handles.get(fh)
@@ -296,8 +312,10 @@ class Filesystem(pyfuse3.Operations):
             return h.content[off : off + size]
         assert h.entry is not None
         cur = self.tree.index.get(h.entry.inode)
-        data = (cur if cur is not None else h.entry).data
-        return data[off : off + size]
+        if cur is None:
+            return h.entry.data[off : off + size]
+        self._paged.add(cur.inode)
+        return cur.data[off : off + size]
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self._handles.get(fh)
@@ -317,11 +335,14 @@ class Filesystem(pyfuse3.Operations):
         token = local_request.set(True)
         done = 0
         try:
-            # The reference sees 128 KiB chunks, each its own version; a chunk past 1 MiB
-            # fails, and what was written before it is a short write.
+            # The reference sees 128 KiB chunks (aligned in the file), each its own version;
+            # a chunk past 1 MiB fails and what was written before it is a short write.
             while done < len(buf):
-                chunk = bytes(buf[done : done + MAX_WRITE])
-                done += await self.backend.write(path, off + done, chunk)
+                pos = off + done
+                end = min(off + len(buf), (pos // MAX_WRITE + 1) * MAX_WRITE)
+                chunk = bytes(buf[done : end - off])
+                done += await self.backend.write(path, pos, chunk)
+            await self._drop_pages(h.entry.inode)
             return done
         except TreeError as exc:
             if done:
@@ -329,6 +350,12 @@ class Filesystem(pyfuse3.Operations):
             raise _err(exc) from None
         finally:
             local_request.reset(token)
+
+    async def _drop_pages(self, tree_inode: int) -> None:
+        """A direct write leaves other openers' cached pages stale: drop them before replying."""
+        if tree_inode in self._paged:
+            self._paged.discard(tree_inode)
+            await self.inval.invalidate_now(fuse_ino(tree_inode))
 
     async def flush(self, fh: int) -> None:
         return None
@@ -426,6 +453,7 @@ class Filesystem(pyfuse3.Operations):
                     raise FUSEError(errno.EIO)
             else:
                 await self._call(self.backend.truncate, self._tree_path(inode), attr.st_size)
+                await self._drop_pages(inode - 1)
         if fields.update_mtime and fields.update_atime:
             path = self._tree_path(inode)
             await self._call(self.backend.set_mtime, path, attr.st_mtime_ns // 1_000_000_000)

@@ -1,0 +1,3 @@
+"""Test plugins shared by every test module."""
+
+pytest_plugins = ["tests.daemon_harness"]
