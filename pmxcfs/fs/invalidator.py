@@ -60,6 +60,7 @@ class Invalidator:
         self.known = KnownInodes()
         self._send, self._recv = trio.open_memory_channel[Job](math.inf)
         self.active = False
+        self.fixed_inodes: list[int] = []  # the root's symlinks and generated files
         self._pending = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -102,7 +103,8 @@ class Invalidator:
             ) != name:
                 self._put(("entry", parent, name, 0))
             self._put(("inode", ino, attr_only, 0))
-        self._put(("inode", pyfuse3.ROOT_INODE, attr_only, 0))
+        for ino in (pyfuse3.ROOT_INODE, *self.fixed_inodes):
+            self._put(("inode", ino, attr_only, 0))
 
     def _put(self, job: Job) -> None:
         self._pending += 1

@@ -60,6 +60,7 @@ class Filesystem(pyfuse3.Operations):
         self.ns = namespace
         self.gid = gid
         self.inval = invalidator
+        invalidator.fixed_inodes = list(namespace.by_inode)
         self.quorate = quorate
         self._handles: dict[int, _FileHandle] = {}
         self._dirs: dict[int, list[tuple[bytes, pyfuse3.EntryAttributes, int]]] = {}

@@ -1,0 +1,207 @@
+"""Kernel caching: reads are served from the page cache, and changes that do not come from a
+local syscall (as cluster messages do) are invalidated so no reader sees stale data.
+
+The filesystem runs in a thread of this process so the test can apply such changes directly.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import pytest
+import trio
+
+from pmxcfs.backend import LocalBackend
+from pmxcfs.fs.invalidator import Invalidator
+from pmxcfs.fs.namespace import Namespace
+from pmxcfs.fs.operations import Filesystem
+from pmxcfs.tree import Tree
+from tests.daemon_harness import lazy_unmount
+
+
+class CountingFs(Filesystem):
+    reads = 0
+    lookups = 0
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        CountingFs.reads += 1
+        return await super().read(fh, off, size)
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
+        CountingFs.lookups += 1
+        return await super().lookup(parent_inode, name, ctx)
+
+
+class SwitchableBackend(LocalBackend):
+    q = True
+
+    @property
+    def quorate(self) -> bool:
+        return self.q
+
+
+class InProcess:
+    def __init__(self, mount: Path) -> None:
+        self.mount = mount
+        self.tree = Tree()
+        self.backend = SwitchableBackend(self.tree)
+        self.inval = Invalidator(lambda: self.tree)
+        self.tree.listeners.append(self.inval.on_change)
+        self.fs = CountingFs(
+            self.backend, Namespace("node1"), 33, self.inval, lambda: self.backend.quorate
+        )
+        self.token: trio.lowlevel.TrioToken | None = None
+        self.stop_event: trio.Event | None = None
+        self.started = threading.Event()
+        self.thread = threading.Thread(target=lambda: trio.run(self._main), daemon=True)
+
+    async def _main(self) -> None:
+        self.token = trio.lowlevel.current_trio_token()
+        self.stop_event = trio.Event()
+        pyfuse3.init(self.fs, str(self.mount), {"default_permissions", "allow_other"})
+        try:
+            async with trio.open_nursery() as n:
+                n.start_soon(pyfuse3.main)
+                n.start_soon(self.inval.run)
+                self.started.set()
+                await self.stop_event.wait()
+                n.cancel_scope.cancel()
+        finally:
+            pyfuse3.close(unmount=True)
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Apply a change on the trio thread, as a cluster delivery would, and let it settle."""
+        assert self.token is not None
+
+        async def apply() -> Any:
+            result = fn(*args)
+            await self.inval.drain()
+            return result
+
+        return trio.from_thread.run(apply, trio_token=self.token)
+
+
+@pytest.fixture
+def inproc(tmp_path: Path) -> Iterator[InProcess]:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    p = InProcess(mnt)
+    p.thread.start()
+    assert p.started.wait(10)
+    time.sleep(0.1)
+    try:
+        yield p
+    finally:
+        if p.token is not None and p.stop_event is not None:
+            trio.from_thread.run_sync(p.stop_event.set, trio_token=p.token)
+        p.thread.join(10)
+        lazy_unmount(mnt)
+
+
+def read(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 1 << 20)
+    finally:
+        os.close(fd)
+
+
+def test_reads_hit_the_page_cache(inproc: InProcess) -> None:
+    f = inproc.mount / "cached.cfg"
+    f.write_bytes(b"content")
+    assert read(f) == b"content"
+    before = CountingFs.reads
+    for _ in range(20):
+        assert read(f) == b"content"
+    assert CountingFs.reads == before  # served by the kernel, not by us
+
+
+def test_remote_write_is_seen_at_once(inproc: InProcess) -> None:
+    f = inproc.mount / "a.cfg"
+    f.write_bytes(b"one")
+    assert read(f) == b"one"
+    inproc.call(inproc.tree.write, "a.cfg", 0, b"two, longer", 2, 1700000000, True)
+    assert read(f) == b"two, longer"
+    assert f.stat().st_size == 11 and f.stat().st_mtime == 1700000000
+    inproc.call(inproc.tree.truncate, "a.cfg", 3, 2, 1700000001)
+    assert read(f) == b"two"
+
+
+def test_local_write_updates_other_cached_readers(inproc: InProcess) -> None:
+    f = inproc.mount / "b.cfg"
+    f.write_bytes(b"aaaa")
+    reader = os.open(f, os.O_RDONLY)
+    try:
+        assert os.pread(reader, 100, 0) == b"aaaa"
+        with open(f, "r+b") as w:
+            w.write(b"bb")
+        assert os.pread(reader, 100, 0) == b"bbaa"
+    finally:
+        os.close(reader)
+
+
+def test_remote_create_delete_rename(inproc: InProcess) -> None:
+    m = inproc.mount
+    (m / "old.cfg").write_bytes(b"x")
+    assert (m / "old.cfg").exists()
+    assert not (m / "new.cfg").exists()
+    inproc.call(inproc.tree.create, "new.cfg", 2, 1)
+    assert (m / "new.cfg").exists()
+    inproc.call(inproc.tree.rename, "old.cfg", "moved.cfg", 2, 1)
+    with pytest.raises(FileNotFoundError):
+        os.stat(m / "old.cfg")
+    assert read(m / "moved.cfg") == b"x"
+    inproc.call(inproc.tree.delete, "moved.cfg", 2, 1)
+    with pytest.raises(FileNotFoundError):
+        os.stat(m / "moved.cfg")
+    assert sorted(n for n in os.listdir(m) if not n.startswith(".")) == [
+        "local", "lxc", "new.cfg", "openvz", "qemu-server"
+    ]
+
+
+def test_remote_replace_of_open_directory_entry(inproc: InProcess) -> None:
+    m = inproc.mount
+    (m / "d").mkdir()
+    (m / "d" / "f").write_bytes(b"1")
+    (m / "g").write_bytes(b"2")
+    assert read(m / "d" / "f") == b"1"
+    inproc.call(inproc.tree.rename, "g", "d/f", 2, 1)
+    assert read(m / "d" / "f") == b"2"
+
+
+def test_quorum_flip_changes_cached_modes(inproc: InProcess) -> None:
+    m = inproc.mount
+    (m / "q.cfg").write_bytes(b"")
+    assert stat.S_IMODE(os.lstat(m / "local").st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(m / "q.cfg").st_mode) == 0o640
+
+    def flip(q: bool) -> None:
+        inproc.backend.q = q
+        inproc.inval.invalidate_all(attr_only=True)
+
+    inproc.call(flip, False)
+    assert stat.S_IMODE(os.lstat(m / "local").st_mode) == 0o555
+    assert stat.S_IMODE(os.stat(m / "q.cfg").st_mode) == 0o440
+    inproc.call(flip, True)
+    assert stat.S_IMODE(os.stat(m / "q.cfg").st_mode) == 0o640
+
+
+def test_lookups_are_cached(inproc: InProcess) -> None:
+    f = inproc.mount / "l.cfg"
+    f.write_bytes(b"")
+    os.stat(f)
+    before = CountingFs.lookups
+    for _ in range(50):
+        os.stat(f)
+    assert CountingFs.lookups == before
+    with pytest.raises(OSError) as ei:
+        os.stat(inproc.mount / "missing")
+    assert ei.value.errno == errno.ENOENT

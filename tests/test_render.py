@@ -1,0 +1,120 @@
+"""Generated files byte for byte: rebuild the state each recorded snapshot shows and render it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pmxcfs.status.clusterlog import ClusterLog, LogEntry, clean_message
+from pmxcfs.status.render import RrdTable, render_members, render_version, render_vmlist
+from pmxcfs.status.state import ClusterStatus, NodeInfo
+from pmxcfs.vmlist import VmInfo, VmList
+
+VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
+
+
+def snapshots() -> list[dict[str, str]]:
+    out = []
+    for line in (VECTORS / "ipc-replies.jsonl").read_text().splitlines():
+        d = json.loads(line)
+        if "file" in d:
+            out.append(d)
+    return out
+
+
+def _by_file(name: str) -> list[dict[str, str]]:
+    return [s for s in snapshots() if s["file"] == name]
+
+
+def vmlist_from(doc: dict) -> VmList:  # type: ignore[type-arg]
+    vl = VmList()
+    vl.version = doc["version"]
+    for vmid, info in doc.get("ids", {}).items():
+        vl.ids[int(vmid)] = VmInfo(info["node"], info["type"], info["version"])
+    return vl
+
+
+@pytest.mark.parametrize("snap", _by_file(".vmlist"), ids=lambda s: s["node"])
+def test_vmlist_matches_reference(snap: dict[str, str]) -> None:
+    assert render_vmlist(vmlist_from(json.loads(snap["text"]))) == snap["text"]
+
+
+def test_vmlist_empty() -> None:
+    assert render_vmlist(VmList()) == '{\n"version": 0\n\n}\n'
+
+
+@pytest.mark.parametrize("snap", _by_file(".members"), ids=lambda s: s["node"])
+def test_members_matches_reference(snap: dict[str, str]) -> None:
+    doc = json.loads(snap["text"])
+    st = ClusterStatus(doc["nodename"])
+    nodes = []
+    for name, info in doc["nodelist"].items():
+        nodes.append(NodeInfo(name, info["id"], online=bool(info["online"])))
+        if "ip" in info:
+            st.node_ips[name] = info["ip"]
+    st.set_cluster_info(doc["cluster"]["name"], doc["cluster"]["version"], nodes)
+    st.clinfo_version = doc["version"]
+    st.quorate = bool(doc["cluster"]["quorate"])
+    assert render_members(st) == snap["text"]
+
+
+def test_members_local_mode() -> None:
+    assert render_members(ClusterStatus("pvetest")) == '{\n"nodename": "pvetest",\n"version": 0\n}\n'
+
+
+@pytest.mark.parametrize("snap", _by_file(".version"), ids=lambda s: s["node"])
+def test_version_matches_reference(snap: dict[str, str]) -> None:
+    doc = json.loads(snap["text"])
+    st = ClusterStatus(snap["node"], starttime=doc["starttime"])
+    st.clinfo_version = doc["clinfo"]
+    for p in st.path_versions:
+        st.path_versions[p] = doc[p]
+    kv = doc["kvstore"]
+    st.nodes = {i: NodeInfo(n, i) for i, n in enumerate(kv, 1)}
+    st.kvstore = {n: dict(v) for n, v in kv.items()}
+    vl = VmList()
+    vl.version = doc["vmlist"]
+    assert render_version(st, vl) == snap["text"]
+
+
+def test_version_local_sample_shape() -> None:
+    st = ClusterStatus("pvetest", starttime=1795434913)
+    for p in st.path_versions:
+        st.path_versions[p] = 1
+    text = render_version(st, VmList())
+    assert text.startswith('{\n"starttime": 1795434913,\n"clinfo": 0,\n"vmlist": 0,\n')
+    assert text.endswith('"mapping/usb.cfg": 1,\n"kvstore": {\n"pvetest": {\n}\n}\n}\n')
+    assert len(json.loads(text)) == 3 + 42 + 1
+
+
+@pytest.mark.parametrize("snap", _by_file(".clusterlog"), ids=lambda s: s["node"])
+def test_clusterlog_matches_reference(snap: dict[str, str]) -> None:
+    doc = json.loads(snap["text"])
+    log = ClusterLog(snap["node"])
+    for e in doc["data"]:
+        msg = clean_message(e["msg"].encode())
+        log.entries.append(
+            LogEntry(e["uid"], e["time"], e["pri"], e["tag"], e["pid"], e["node"], e["user"], msg)
+        )
+    assert log.dump() == snap["text"]
+
+
+def test_clusterlog_message_cleaning() -> None:
+    raw = 'quote " ctl\n umlät €'.encode()
+    assert clean_message(raw) == 'quote \\" ctl#010 uml\\u00e4t \\u20ac'
+    assert clean_message("x\U0001f600y".encode()) == "xy"
+    assert clean_message(b'bad \xff "q"\x01') == 'bad ? \\"q\\"#001'
+
+
+def test_clusterlog_empty() -> None:
+    assert ClusterLog("n").dump() == '{\n"data": [\n]\n}\n'
+
+
+def test_rrd_dump_drops_old_entries() -> None:
+    t = RrdTable()
+    t.update("pve2-node/n1", "1:2:3", now=1000)
+    t.update("pve2-storage/n1/local", "4:5:6", now=1200)
+    assert t.dump(now=1301) == "pve2-storage/n1/local:4:5:6\n"
+    assert t.dump(now=2000) == ""
