@@ -22,9 +22,7 @@ def _payload(e: Entry) -> bytes:
 
 def entry_digest(e: Entry) -> bytes:
     """Digest A: index record digest (no inode)."""
-    h = hashlib.sha256(
-        _DIGEST_FIELDS.pack(e.version, e.writer, e.mtime, e.size, e.type, e.parent)
-    )
+    h = hashlib.sha256(_DIGEST_FIELDS.pack(e.version, e.writer, e.mtime, e.size, e.type, e.parent))
     h.update(e.name_bytes)
     h.update(_payload(e))
     return h.digest()
@@ -51,9 +49,7 @@ def verify_checksum(entries: Iterable[Entry]) -> bytes:
     return h.digest()
 
 
-def encode_index(
-    version: int, writer: int, mtime: int, entries: Iterable[Entry]
-) -> bytes:
+def encode_index(version: int, writer: int, mtime: int, entries: Iterable[Entry]) -> bytes:
     """The STATE payload: header plus (inode, digest A) sorted by inode, root included."""
     ordered = sorted(entries, key=lambda x: x.inode)
     count = len(ordered)

@@ -140,12 +140,16 @@ class Daemon:
 
     async def _start_cluster(self, nursery: trio.Nursery) -> Backend | None:
         try:
-            from .cluster import start_cluster
-        except ImportError:
-            log.error("cluster support is not available - staying read-only")
+            from .cluster import ClusterOptions, start_cluster
+        except ImportError as exc:
+            log.error("cluster support is not available (%s) - staying read-only", exc)
             return None
-        backend: Backend = await nursery.start(
-            start_cluster, self.tree, self.db, self.status, self.nodename
+        options = ClusterOptions(
+            corosync_conf_path=self.opts.corosync_conf,
+            lost_found_dir=os.path.join(self.opts.db_dir, "lost+found"),
+        )
+        backend: Backend = await start_cluster(
+            nursery, self.tree, self.db, self.status, self.nodename, options=options
         )
         return backend
 

@@ -10,7 +10,9 @@ from .constants import LOCK_DIR
 VM_KINDS: dict[str, str] = {"qemu-server": "qemu", "lxc": "lxc", "openvz": "openvz"}
 _LDH = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\Z")
 _VMID_CONF = re.compile(r"([1-9][0-9]*)\.conf\Z")
-_OPENVZ_SCRIPT = re.compile(r"(?:vps|[1-9][0-9]*)\.(?:mount|umount|start|stop|premount|postumount)\Z")
+_OPENVZ_SCRIPT = re.compile(
+    r"(?:vps|[1-9][0-9]*)\.(?:mount|umount|start|stop|premount|postumount)\Z"
+)
 _MAX_VMID = 0xFFFFFFFF
 _LOCK_PREFIX = LOCK_DIR + "/"
 

@@ -4,6 +4,7 @@ mount point preparation and the fork-with-ready-pipe protocol (spec §9.2, §9.5
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -78,10 +79,8 @@ def write_pid_file(path: str, pid: int) -> None:
 
 
 def remove_file(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def create_restart_flag(path: str, gid: int) -> None:
@@ -147,10 +146,8 @@ def daemonize(pid_file: str) -> ReadyPipe:
         except OSError:
             got = b""
         if got != b"1":
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             os._exit(255)
         write_pid_file(pid_file, pid)
         os._exit(0)

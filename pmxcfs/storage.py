@@ -51,9 +51,7 @@ def _check_schema(conn: apsw.Connection) -> bool:
     if "tree" not in names:
         if objects:
             raise DatabaseError(
-                "not a pmxcfs database (no 'tree' table, found: "
-                + ", ".join(sorted(names))
-                + ")"
+                "not a pmxcfs database (no 'tree' table, found: " + ", ".join(sorted(names)) + ")"
             )
         return False
     cols = [(r[1], r[2].upper(), r[5]) for r in conn.execute("PRAGMA table_info(tree)")]
@@ -74,9 +72,7 @@ class Database:
     def open(cls, path: str, clock: float | None = None) -> tuple[Database, Tree]:
         """Open, validate and load; returns the database and its tree (spec §2.1, §2.4)."""
         try:
-            conn = apsw.Connection(
-                path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
-            )
+            conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
         except apsw.Error as exc:
             raise DatabaseError(f"unable to open database '{path}': {exc}") from exc
         try:
@@ -92,6 +88,8 @@ class Database:
                     rows = []
             except apsw.Error as exc:
                 raise DatabaseError(f"database is unreadable: {exc}") from exc
+            except UnicodeDecodeError as exc:
+                raise DatabaseError(f"entry name is not valid UTF-8: {exc}") from exc
             db = cls(path, conn)
             try:
                 tree = Tree.from_rows(rows, db)

@@ -74,10 +74,21 @@ class Change:
     new_parent: int = 0
     new_name: str = ""
     replaced: int | None = None
+    old_index: dict[int, Entry] | None = None  # RELOAD: what the tree was before
 
 
 class Entry:
-    __slots__ = ("children", "data", "inode", "mtime", "name", "parent", "type", "version", "writer")
+    __slots__ = (
+        "children",
+        "data",
+        "inode",
+        "mtime",
+        "name",
+        "parent",
+        "type",
+        "version",
+        "writer",
+    )
 
     def __init__(
         self,
@@ -614,7 +625,13 @@ class Tree:
         src_parent = self.index[old_parent]
         assert src_parent.children is not None and new_parent.children is not None
         del src_parent.children[old_name]
-        e.parent, e.name, e.version, e.writer, e.mtime = new_parent.inode, new_name, v, writer, mtime
+        e.parent, e.name, e.version, e.writer, e.mtime = (
+            new_parent.inode,
+            new_name,
+            v,
+            writer,
+            mtime,
+        )
         new_parent.children[new_name] = e
         if src_cfg is not None:
             self.vmlist.remove(src_cfg.vmid)
@@ -651,9 +668,10 @@ class Tree:
 
     def replace_contents(self, other: Tree) -> None:
         """Adopt another tree's entries (after a resync); derived state is rebuilt."""
+        old_index = self.index
         self.root = other.root
         self.index = other.index
         self.total_bytes = other.total_bytes
         self.last_inode = other.last_inode
         self.finish_load()
-        self._notify(Change(Op.RELOAD))
+        self._notify(Change(Op.RELOAD, old_index=old_index))

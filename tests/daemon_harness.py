@@ -54,23 +54,29 @@ class Pmxcfs:
         if local:
             a.append("-l")
         a += [
-            "--mount", str(self.mount),
-            "--db-dir", str(self.db_dir),
-            "--run-dir", str(self.run_dir),
-            "--pid-file", str(self.pid_file),
-            "--corosync-conf", str(self.corosync_conf),
-            "--nodename", self.nodename,
-            "--node-ip", "10.213.0.1",
+            "--mount",
+            str(self.mount),
+            "--db-dir",
+            str(self.db_dir),
+            "--run-dir",
+            str(self.run_dir),
+            "--pid-file",
+            str(self.pid_file),
+            "--corosync-conf",
+            str(self.corosync_conf),
+            "--nodename",
+            self.nodename,
+            "--node-ip",
+            "10.213.0.1",
         ]
         return a + list(extra)
 
     def start(self, *extra: str, local: bool = True, timeout: float = 20) -> None:
         assert self.proc is None or self.proc.poll() is not None
-        logf = open(self.log, "ab")
-        self.proc = subprocess.Popen(
-            self.args(*extra, local=local), cwd=REPO, stdout=logf, stderr=logf
-        )
-        logf.close()
+        with open(self.log, "ab") as logf:
+            self.proc = subprocess.Popen(
+                self.args(*extra, local=local), cwd=REPO, stdout=logf, stderr=logf
+            )
         deadline = time.monotonic() + timeout
         while not is_mounted(self.mount):
             if self.proc.poll() is not None:

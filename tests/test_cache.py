@@ -163,7 +163,11 @@ def test_remote_create_delete_rename(inproc: InProcess) -> None:
     with pytest.raises(FileNotFoundError):
         os.stat(m / "moved.cfg")
     assert sorted(n for n in os.listdir(m) if not n.startswith(".")) == [
-        "local", "lxc", "new.cfg", "openvz", "qemu-server"
+        "local",
+        "lxc",
+        "new.cfg",
+        "openvz",
+        "qemu-server",
     ]
 
 

@@ -11,7 +11,6 @@ import signal
 import sqlite3
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -149,9 +148,7 @@ def test_daemonizes_and_parent_exits_after_mount(make_pmxcfs) -> None:  # type: 
 def test_fresh_database_imports_corosync_conf(make_pmxcfs) -> None:  # type: ignore[no-untyped-def]
     d: Pmxcfs = make_pmxcfs()
     d.corosync_conf.write_text("totem {\n  config_version: 3\n}\n")
-    out = subprocess.run(
-        [*d.args(local=False), "--help"], cwd=REPO, capture_output=True, text=True
-    )
+    out = subprocess.run([*d.args(local=False), "--help"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0
     d.start(local=False)  # cluster mode without a reachable corosync: read-only
     assert (d.mount / "corosync.conf").read_text() == d.corosync_conf.read_text()

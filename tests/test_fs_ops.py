@@ -264,7 +264,17 @@ def test_symlink_through_local_creates_under_node(fs: Pmxcfs) -> None:
 
 def test_root_listing_has_fixed_entries_first(fs: Pmxcfs) -> None:
     names = os.listdir(fs.mount)
-    fixed = ["local", "qemu-server", "lxc", "openvz", ".version", ".members", ".vmlist",
-             ".rrd", ".clusterlog", ".debug"]
+    fixed = [
+        "local",
+        "qemu-server",
+        "lxc",
+        "openvz",
+        ".version",
+        ".members",
+        ".vmlist",
+        ".rrd",
+        ".clusterlog",
+        ".debug",
+    ]
     assert names[: len(fixed)] == fixed
     assert len(names) == len(set(names))

@@ -29,7 +29,7 @@ class Model:
 
     def children(self, p: str) -> list[str]:
         pre = p + "/" if p else ""
-        return [k for k in self.items if k and k.startswith(pre) and "/" not in k[len(pre):]]
+        return [k for k in self.items if k and k.startswith(pre) and "/" not in k[len(pre) :]]
 
 
 _daemon: Pmxcfs | None = None
@@ -137,13 +137,15 @@ class TreeMachine(RuleBasedStateMachine):
             return
         if dst.startswith(src + "/"):
             want: int | None = errno.EINVAL
+        elif src.startswith(dst + "/"):
+            want = errno.ENOTEMPTY  # the kernel's ancestor check comes first
         elif dst in items and items[dst] is None and not src_is_dir:
             want = errno.EISDIR
         elif dst in items and items[dst] is not None and src_is_dir:
             want = errno.ENOTDIR
-        elif dst in items and self.model.children(dst):
-            want = errno.ENOTEMPTY
-        elif src_is_dir and self.model.children(src):
+        elif (dst in items and self.model.children(dst)) or (
+            src_is_dir and self.model.children(src)
+        ):
             want = errno.ENOTEMPTY
         else:
             want = None

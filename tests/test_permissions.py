@@ -17,7 +17,6 @@ WWW_DATA = 33
 NOBODY = 65534
 
 
-
 def _do(op: str, path: Path) -> None:
     if op == "read":
         with open(path, "rb") as f:

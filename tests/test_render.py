@@ -61,7 +61,9 @@ def test_members_matches_reference(snap: dict[str, str]) -> None:
 
 
 def test_members_local_mode() -> None:
-    assert render_members(ClusterStatus("pvetest")) == '{\n"nodename": "pvetest",\n"version": 0\n}\n'
+    assert (
+        render_members(ClusterStatus("pvetest")) == '{\n"nodename": "pvetest",\n"version": 0\n}\n'
+    )
 
 
 @pytest.mark.parametrize("snap", _by_file(".version"), ids=lambda s: s["node"])

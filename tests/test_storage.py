@@ -56,8 +56,10 @@ def test_fresh_database_has_reference_rows(tmp_path: Path) -> None:
     db.close()
     con = sqlite3.connect(db_path)
     rows = con.execute("SELECT * FROM tree ORDER BY inode").fetchall()
-    assert rows == [(0, 0, 2, 0, 1700000001, 8, "__version__", None),
-                    (2, 0, 2, 0, 1700000001, 4, "d", None)]
+    assert rows == [
+        (0, 0, 2, 0, 1700000001, 8, "__version__", None),
+        (2, 0, 2, 0, 1700000001, 4, "d", None),
+    ]
     sql = con.execute("SELECT sql FROM sqlite_master").fetchall()
     assert sql == [(SCHEMA_SQL.replace(" IF NOT EXISTS", ""),)]
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -92,15 +94,23 @@ BAD_DATABASES = {
     "garbage": b"this is not an sqlite database at all" * 200,
     "foreign": "foreign",
     "wrong_schema": "wrong_schema",
-    "duplicate_name": [(0, 0, 3, 0, 0, 8, "__version__", None),
-                       (2, 0, 2, 0, 0, 8, "a", None), (3, 0, 3, 0, 0, 8, "a", None)],
+    "duplicate_name": [
+        (0, 0, 3, 0, 0, 8, "__version__", None),
+        (2, 0, 2, 0, 0, 8, "a", None),
+        (3, 0, 3, 0, 0, 8, "a", None),
+    ],
     "orphan": [(0, 0, 3, 0, 0, 8, "__version__", None), (3, 9, 3, 0, 0, 8, "a", None)],
     "dir_with_data": [(0, 0, 3, 0, 0, 8, "__version__", None), (2, 0, 2, 0, 0, 4, "d", b"x")],
-    "duplicate_vmid": [(0, 0, 9, 0, 0, 8, "__version__", None),
-                       (2, 0, 2, 0, 0, 4, "nodes", None), (3, 2, 3, 0, 0, 4, "a", None),
-                       (4, 2, 4, 0, 0, 4, "b", None), (5, 3, 5, 0, 0, 4, "qemu-server", None),
-                       (6, 4, 6, 0, 0, 4, "lxc", None), (7, 5, 7, 0, 0, 8, "100.conf", None),
-                       (8, 6, 8, 0, 0, 8, "100.conf", None)],
+    "duplicate_vmid": [
+        (0, 0, 9, 0, 0, 8, "__version__", None),
+        (2, 0, 2, 0, 0, 4, "nodes", None),
+        (3, 2, 3, 0, 0, 4, "a", None),
+        (4, 2, 4, 0, 0, 4, "b", None),
+        (5, 3, 5, 0, 0, 4, "qemu-server", None),
+        (6, 4, 6, 0, 0, 4, "lxc", None),
+        (7, 5, 7, 0, 0, 8, "100.conf", None),
+        (8, 6, 8, 0, 0, 8, "100.conf", None),
+    ],
 }
 
 

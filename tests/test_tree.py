@@ -153,8 +153,14 @@ def test_rename_onto_existing_file_replaces_it() -> None:
 
 def test_vmid_rules() -> None:
     t = Tree()
-    for p in ("nodes", "nodes/n1", "nodes/n2", "nodes/n1/qemu-server", "nodes/n2/qemu-server",
-              "nodes/n1/lxc"):
+    for p in (
+        "nodes",
+        "nodes/n1",
+        "nodes/n2",
+        "nodes/n1/qemu-server",
+        "nodes/n2/qemu-server",
+        "nodes/n1/lxc",
+    ):
         t.mkdir(p, 0, 1)
     t.create("nodes/n1/qemu-server/100.conf", 0, 1)
     assert err(t.create, "nodes/n2/qemu-server/100.conf", 0, 1) == errno.EEXIST

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
-from ..tree import Change, Op, Tree
+from ..tree import Change, Entry, Op, Tree
 
 log = logging.getLogger("pmxcfs.fs")
 
@@ -25,39 +25,16 @@ log = logging.getLogger("pmxcfs.fs")
 local_request: contextvars.ContextVar[bool] = contextvars.ContextVar("local_request", default=False)
 
 # ("inode", fuse_ino, attr_only) or ("entry", parent_fuse_ino, name, deleted_fuse_ino)
-Job = tuple[str, int, object, int]
+Job = tuple[str, int, bytes | bool, int]
 
 
 def fuse_ino(tree_inode: int) -> int:
     return tree_inode + 1
 
 
-class KnownInodes:
-    """What the kernel holds: lookup counts plus the name it knows each inode by."""
-
-    __slots__ = ("names",)
-
-    def __init__(self) -> None:
-        self.names: dict[int, tuple[int, bytes, int]] = {}  # ino -> (parent ino, name, count)
-
-    def add(self, ino: int, parent: int, name: bytes) -> None:
-        cur = self.names.get(ino)
-        self.names[ino] = (parent, name, cur[2] + 1 if cur else 1)
-
-    def forget(self, ino: int, n: int) -> None:
-        cur = self.names.get(ino)
-        if cur is None:
-            return
-        if cur[2] <= n:
-            del self.names[ino]
-        else:
-            self.names[ino] = (cur[0], cur[1], cur[2] - n)
-
-
 class Invalidator:
     def __init__(self, tree_getter: Callable[[], Tree]) -> None:
         self._tree = tree_getter
-        self.known = KnownInodes()
         self._send, self._recv = trio.open_memory_channel[Job](math.inf)
         self.active = False
         self.fixed_inodes: list[int] = []  # the root's symlinks and generated files
@@ -71,7 +48,7 @@ class Invalidator:
             return
         op = change.op
         if op is Op.RELOAD:
-            self.invalidate_all()
+            self._reload(change.old_index or {})
             return
         ino = fuse_ino(change.inode)
         name = change.name.encode("utf-8", "surrogateescape")
@@ -91,19 +68,26 @@ class Invalidator:
             self._put(("entry", fuse_ino(change.new_parent), new_name, replaced))
             self._put(("inode", ino, True, 0))
 
-    def invalidate_all(self, attr_only: bool = False) -> None:
-        """After a resync or a quorum flip: everything the kernel holds may be wrong."""
+    def _reload(self, old_index: dict[int, Entry]) -> None:
+        """After a resync: forget what moved or vanished, and every changed inode."""
         if not self.active:
             return
-        tree = self._tree()
-        for ino, (parent, name, _) in list(self.known.names.items()):
-            e = tree.index.get(ino - 1)
-            if e is None or fuse_ino(e.parent) != parent or e.name.encode(
-                "utf-8", "surrogateescape"
-            ) != name:
-                self._put(("entry", parent, name, 0))
-            self._put(("inode", ino, attr_only, 0))
-        for ino in (pyfuse3.ROOT_INODE, *self.fixed_inodes):
+        index = self._tree().index
+        for inode, old in old_index.items():
+            new = index.get(inode)
+            if inode and (new is None or new.parent != old.parent or new.name != old.name):
+                name = old.name.encode("utf-8", "surrogateescape")
+                self._put(("entry", fuse_ino(old.parent), name, 0))
+            if new is None or new.version != old.version:
+                self._put(("inode", fuse_ino(inode), False, 0))
+
+    def invalidate_all(self, attr_only: bool = False) -> None:
+        """After a quorum flip: every mode the kernel holds is wrong."""
+        if not self.active:
+            return
+        for inode in self._tree().index:
+            self._put(("inode", fuse_ino(inode), attr_only, 0))
+        for ino in self.fixed_inodes:
             self._put(("inode", ino, attr_only, 0))
 
     def _put(self, job: Job) -> None:
@@ -114,7 +98,8 @@ class Invalidator:
 
     async def invalidate_now(self, ino: int) -> None:
         """Drop an inode's pages and attributes before answering the request that changed it."""
-        await trio.to_thread.run_sync(_apply_batch, [("inode", ino, False, 0)])
+        job: list[Job] = [("inode", ino, False, 0)]
+        await trio.to_thread.run_sync(_apply_batch, job)
 
     async def drain(self) -> None:
         """Wait until every queued invalidation has reached the kernel."""
@@ -142,10 +127,10 @@ def _apply_batch(batch: list[Job]) -> None:
     for kind, ino, arg, deleted in batch:
         try:
             if kind == "inode":
-                pyfuse3.invalidate_inode(ino, bool(arg))  # type: ignore[arg-type]
+                pyfuse3.invalidate_inode(ino, bool(arg))
             else:
                 assert isinstance(arg, bytes)
-                pyfuse3.invalidate_entry(ino, arg, deleted)  # type: ignore[arg-type]
+                pyfuse3.invalidate_entry(ino, arg, deleted)
         except OSError as exc:
             if exc.errno not in (errno.ENOENT, errno.EBADF, errno.ENOTDIR):
                 log.debug("cache invalidation failed: %s", exc)

@@ -1,4 +1,4 @@
-"""The root's fixed entries: symlinks and generated files, composed as small plugins (spec §4.2, §8).
+"""The root's fixed entries: symlinks and generated files, as small plugins (spec §4.2, §8).
 
 They take priority over tree entries of the same name at the root, and have fixed inode numbers
 in a range tree inodes never reach.
@@ -77,7 +77,9 @@ class Namespace:
         return name.encode() in self.by_name
 
 
-def debug_writer(get: Callable[[], bool], set_: Callable[[bool], None]) -> Callable[[bytes, int], int]:
+def debug_writer(
+    get: Callable[[], bool], set_: Callable[[bool], None]
+) -> Callable[[bytes, int], int]:
     """`.debug`: only "0\\n"/"1\\n" at offset 0 are accepted, and 2 bytes are consumed (Q9)."""
 
     def write(data: bytes, offset: int) -> int:

@@ -15,8 +15,8 @@ from pyfuse3 import FUSEError
 
 from .. import paths
 from ..backend import Backend
-from ..constants import BLOCK_SIZE, MAX_FS_SIZE, MAX_WRITE, MAX_INODES, NAME_MAX
-from ..tree import Entry, Tree, TreeError
+from ..constants import BLOCK_SIZE, MAX_FS_SIZE, MAX_INODES, MAX_WRITE, NAME_MAX
+from ..tree import Change, Entry, Op, Tree, TreeError
 from .invalidator import Invalidator, fuse_ino, local_request
 from .namespace import Generated, GeneratedError, Namespace, Symlink
 
@@ -63,9 +63,11 @@ class Filesystem(pyfuse3.Operations):
         invalidator.fixed_inodes = list(namespace.by_inode)
         self.quorate = quorate
         self._handles: dict[int, _FileHandle] = {}
-        self._dirs: dict[int, list[tuple[bytes, pyfuse3.EntryAttributes, int]]] = {}
+        self._dirs: dict[int, list[tuple[bytes, pyfuse3.EntryAttributes]]] = {}
         self._next_fh = 1
         self._paged: set[int] = set()  # tree inodes whose pages the kernel may cache
+        self._attrs: dict[int, tuple[int, bool, pyfuse3.EntryAttributes]] = {}
+        backend.tree.listeners.append(self._on_change)
 
     # ------------------------------------------------------------------ attributes
 
@@ -74,8 +76,18 @@ class Filesystem(pyfuse3.Operations):
         return self.backend.tree
 
     def _attr_entry(self, e: Entry) -> pyfuse3.EntryAttributes:
-        a = pyfuse3.EntryAttributes()
+        """Cached per inode: an entry's attributes change only with its version or quorum
+        (privacy cannot change without a version bump, as non-empty dirs never move)."""
         q = self.quorate()
+        hit = self._attrs.get(e.inode)
+        if hit is not None and hit[0] == e.version and hit[1] == q:
+            return hit[2]
+        a = self._make_attr(e, q)
+        self._attrs[e.inode] = (e.version, q, a)
+        return a
+
+    def _make_attr(self, e: Entry, q: bool) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
         path_private = self._private(e)
         if e.children is not None:
             mode = stat.S_IFDIR | ((0o777 if q else 0o555) & (0o700 if path_private else 0o755))
@@ -117,7 +129,9 @@ class Filesystem(pyfuse3.Operations):
             return True
         return len(chain) >= 3 and top == "nodes" and chain[-3] == "priv"
 
-    def _attr_fixed(self, obj: Symlink | Generated, content: bytes | None = None) -> pyfuse3.EntryAttributes:
+    def _attr_fixed(
+        self, obj: Symlink | Generated, content: bytes | None = None
+    ) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = obj.inode
         a.st_uid = 0
@@ -168,8 +182,14 @@ class Filesystem(pyfuse3.Operations):
             raise FUSEError(errno.EACCES)
         return self.tree.path_of(self._entry(ino))
 
-    def _remember(self, attr: pyfuse3.EntryAttributes, parent: int, name: bytes) -> None:
-        self.inval.known.add(attr.st_ino, parent, name)
+    def _on_change(self, change: Change) -> None:
+        if change.op is Op.RELOAD:
+            self._attrs.clear()
+        elif change.op is Op.DELETE:
+            self._attrs.pop(change.inode, None)
+            self._paged.discard(change.inode)
+        elif change.replaced is not None:
+            self._attrs.pop(change.replaced, None)
 
     # ------------------------------------------------------------------ lookups
 
@@ -191,14 +211,7 @@ class Filesystem(pyfuse3.Operations):
             child = None
         if child is None:
             raise FUSEError(errno.ENOENT)
-        attr = self._attr_entry(child)
-        self._remember(attr, parent_inode, name)
-        return attr
-
-    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        known = self.inval.known
-        for ino, n in inode_list:
-            known.forget(ino, n)
+        return self._attr_entry(child)
 
     async def getattr(
         self, inode: int, ctx: pyfuse3.RequestContext | None = None
@@ -219,22 +232,25 @@ class Filesystem(pyfuse3.Operations):
         e = self._entry(inode)
         if e.children is None:
             raise FUSEError(errno.ENOTDIR)
-        listing: list[tuple[bytes, pyfuse3.EntryAttributes, int]] = []
+        listing: list[tuple[bytes, pyfuse3.EntryAttributes]] = []
         dot = self._attr_entry(e)
-        listing.append((b".", dot, 0))
+        listing.append((b".", dot))
         parent = self.tree.index.get(e.parent) if e.inode else e
-        listing.append((b"..", self._attr_entry(parent) if parent else dot, 0))
+        listing.append((b"..", self._attr_entry(parent) if parent else dot))
+        attr = self._attr_entry
         if inode == ROOT:
-            for obj in self.ns.order:
-                listing.append((obj.name.encode(), self._attr_fixed(obj), 0))
             hidden = self.ns.by_name
+            for obj in self.ns.order:
+                listing.append((obj.name.encode(), self._attr_fixed(obj)))
+            for name, child in e.children.items():
+                bname = name.encode("utf-8", "surrogateescape")
+                if bname not in hidden:
+                    listing.append((bname, attr(child)))
         else:
-            hidden = {}
-        for name, child in e.children.items():
-            bname = name.encode("utf-8", "surrogateescape")
-            if bname in hidden:
-                continue
-            listing.append((bname, self._attr_entry(child), 1))
+            listing.extend(
+                (name.encode("utf-8", "surrogateescape"), attr(child))
+                for name, child in e.children.items()
+            )
         fh = self._next_fh
         self._next_fh += 1
         self._dirs[fh] = listing
@@ -244,15 +260,10 @@ class Filesystem(pyfuse3.Operations):
         listing = self._dirs.get(fh)
         if listing is None:
             raise FUSEError(errno.EBADF)
-        parent = 0
         for i in range(start_id, len(listing)):
-            name, attr, track = listing[i]
+            name, attr = listing[i]
             if not pyfuse3.readdir_reply(token, name, attr, i + 1):
                 return
-            if track:
-                if not parent:
-                    parent = listing[0][1].st_ino
-                self._remember(attr, parent, name)
 
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
@@ -299,7 +310,6 @@ class Filesystem(pyfuse3.Operations):
         if e is None:
             raise FUSEError(errno.ENOENT)
         attr = self._attr_entry(e)
-        self._remember(attr, parent_inode, name)
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = _FileHandle(e, None, b"")
@@ -358,12 +368,6 @@ class Filesystem(pyfuse3.Operations):
             self._paged.discard(tree_inode)
             await self.inval.invalidate_now(fuse_ino(tree_inode))
 
-    async def flush(self, fh: int) -> None:
-        return None
-
-    async def fsync(self, fh: int, datasync: bool) -> None:
-        return None
-
     async def release(self, fh: int) -> None:
         self._handles.pop(fh, None)
 
@@ -387,7 +391,6 @@ class Filesystem(pyfuse3.Operations):
         if e is None:
             raise FUSEError(errno.ENOENT)
         attr = self._attr_entry(e)
-        self._remember(attr, parent_inode, name)
         return attr
 
     async def mknod(
@@ -496,4 +499,3 @@ class Filesystem(pyfuse3.Operations):
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise FUSEError(errno.EOPNOTSUPP)
-

@@ -46,9 +46,7 @@ class ClusterStatus:
         for fn in self.quorum_listeners:
             fn(quorate)
 
-    def set_cluster_info(
-        self, name: str, config_version: int, nodes: list[NodeInfo]
-    ) -> None:
+    def set_cluster_info(self, name: str, config_version: int, nodes: list[NodeInfo]) -> None:
         """Install a fresh cmap read; online flags carry over by nodeid."""
         fresh: dict[int, NodeInfo] = {}
         for n in nodes:
