@@ -1,0 +1,323 @@
+"""Cluster mode: corosync services (cpg, quorum, cmap) feeding the DCDB DFSM and the status.
+
+`start_cluster` starts one task per service in the daemon's nursery, each of which reconnects
+after corosync restarts (the reference's 5 s start job, wire-protocol §2.7), and returns the
+ClusterBackend the filesystem writes through. corosync.conf in the tree is mirrored to the
+host file (filesystem.md §9.4).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from .constants import COROSYNC_CONF, DB_DIR, HOST_COROSYNC_CONF
+from .dcdb.app import DcdbApp
+from .dcdb.backend import ClusterBackend
+from .dfsm.codec import DCDB_PROTOCOL_VERSION
+from .dfsm.driver import DfsmDriver
+from .dfsm.machine import DEFAULT_VERIFY_INTERVAL, ConfChg, Deliver, Dfsm, Tick
+from .status.state import ClusterStatus, NodeInfo
+from .tree import Change, Op, Tree
+
+log = logging.getLogger("pmxcfs.cluster")
+
+RESTART_DELAY = 5.0
+_CONFIG_VERSION = re.compile(rb"config_version\s*:\s*(\d+)")
+
+
+@dataclass
+class ClusterOptions:
+    corosync_conf_path: str = HOST_COROSYNC_CONF
+    lost_found_dir: str | None = os.path.join(DB_DIR, "lost+found")
+    verify_interval: float | None = DEFAULT_VERIFY_INTERVAL
+    restart_delay: float = RESTART_DELAY
+    online_from_dcdb: bool = True  # online flags from dcdb membership (no kvstore group here)
+    cfgtool: tuple[str, ...] = ("corosync-cfgtool", "-R")
+
+
+# ---------------------------------------------------------------------------- corosync.conf
+
+
+def parse_config_version(data: bytes) -> int:
+    m = _CONFIG_VERSION.search(data)
+    return int(m.group(1)) if m else 0
+
+
+def sync_corosync_conf(tree: Tree, host_path: str) -> tuple[bool, int]:
+    """filesystem.md §9.4 steps 1-6. Returns (written, old_version)."""
+    e = tree.lookup(COROSYNC_CONF)
+    if e is None or e.is_dir or not e.data:
+        return False, 0
+    new = e.data
+    new_version = parse_config_version(new)
+    if new_version == 0:
+        log.error("unable to parse cluster config_version")
+        return False, 0
+    try:
+        with open(host_path, "rb") as fh:
+            old: bytes | None = fh.read()
+    except FileNotFoundError:
+        old = None
+    except OSError as exc:
+        log.error("unable to read %s: %s", host_path, exc)
+        old = None
+    old_version = parse_config_version(old) if old is not None else 0
+    if old is not None and old == new:
+        return False, old_version
+    if new_version < old_version:
+        log.error("local corosync.conf is newer")
+        return False, old_version
+    d = os.path.dirname(host_path) or "."
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(host_path) + ".", dir=d)
+        try:
+            if os.geteuid() == 0:
+                os.fchown(fd, 0, 0)
+            os.fchmod(fd, 0o644)
+            os.write(fd, new)
+        finally:
+            os.close(fd)
+        os.replace(tmp, host_path)
+    except OSError as exc:
+        log.error("writing %s failed: %s", host_path, exc)
+        return False, old_version
+    log.info("wrote new corosync config '%s' (version = %d)", host_path, new_version)
+    return True, old_version
+
+
+# ---------------------------------------------------------------------------- services
+
+
+class ClusterServices:
+    """The long-running corosync-facing tasks of one node."""
+
+    def __init__(
+        self,
+        tree: Tree,
+        status: ClusterStatus,
+        nodename: str,
+        options: ClusterOptions,
+    ) -> None:
+        self.tree = tree
+        self.status = status
+        self.nodename = nodename
+        self.options = options
+        self.app = DcdbApp(
+            tree,
+            quorate=lambda: status.quorate,
+            lost_found_dir=options.lost_found_dir,
+        )
+        self.dfsm = Dfsm(
+            0,
+            os.getpid(),
+            self.app,
+            DCDB_PROTOCOL_VERSION,
+            name="dcdb",
+            verify_interval=options.verify_interval,
+        )
+        self.dfsm.joined = False  # nothing can be sent before the first connection
+        self.driver = DfsmDriver(self.dfsm)
+        self.backend = ClusterBackend(tree, self.driver, lambda: status.quorate)
+        self._nursery: trio.Nursery | None = None
+        self.connected = trio.Event()
+
+    # ------------------------------------------------------------------ dcdb
+
+    def _on_cpg(self, ev: object) -> None:
+        from cpg import CpgConfchg, CpgDeliver
+
+        if isinstance(ev, CpgDeliver):
+            self.driver.feed(Deliver(ev.nodeid, ev.pid, ev.payload))
+        elif isinstance(ev, CpgConfchg):
+            members = tuple((a.nodeid, a.pid) for a in ev.members)
+            self.driver.feed(
+                ConfChg(
+                    members,
+                    tuple((a.nodeid, a.pid) for a in ev.left),
+                    tuple((a.nodeid, a.pid) for a in ev.joined),
+                )
+            )
+            if self.options.online_from_dcdb and self.dfsm.we_are_member:
+                self.status.set_online({m[0] for m in members})
+
+    async def run_dcdb(self) -> None:
+        from cpg import PVE_DCDB_GROUP, CorosyncError, Cpg
+
+        warned = False
+        while True:
+            if not self.dfsm.restartable:
+                log.error("dcdb: stopped in mode %s until pmxcfs restarts", self.dfsm.mode.name)
+                await trio.sleep_forever()
+            try:
+                cpg = Cpg(handler=self._on_cpg)
+            except CorosyncError as exc:
+                if not warned:
+                    log.error("dcdb: cpg_initialize failed: %s", exc)
+                    warned = True
+                await trio.sleep(self.options.restart_delay)
+                continue
+            warned = False
+            if self.dfsm.nodeid == 0:
+                self.dfsm.set_identity(cpg.nodeid, os.getpid())
+            self.driver.reset()
+            try:
+                async with trio.open_nursery() as n:
+                    n.start_soon(cpg.run)
+                    await cpg.join(PVE_DCDB_GROUP, include_nul=False)
+                    log.info("dcdb: joined group as node %d", cpg.nodeid)
+                    self.connected.set()
+                    n.start_soon(self.driver.run_sender, cpg.mcast)
+                    await self.driver.leave_requested.wait()
+                    log.warning("dcdb: leaving group (mode %s)", self.dfsm.mode.name)
+                    try:
+                        await cpg.leave()
+                    except CorosyncError as exc:
+                        log.warning("dcdb: cpg_leave failed: %s", exc)
+                    n.cancel_scope.cancel()
+            except CorosyncError as exc:
+                log.error("dcdb: corosync connection lost: %s", exc)
+            finally:
+                cpg.finalize()
+                self.driver.disconnect()
+            await trio.sleep(self.options.restart_delay)
+
+    async def run_timer(self) -> None:
+        while True:
+            await trio.sleep(1)
+            self.driver.feed(Tick(time.time()))
+
+    # ------------------------------------------------------------------ quorum
+
+    def _set_quorate(self, quorate: bool) -> None:
+        old = self.status.quorate
+        if quorate and not old:
+            log.info("node has quorum")
+        elif old and not quorate:
+            log.error("node lost quorum")
+        self.status.set_quorate(quorate)
+
+    async def run_quorum(self) -> None:
+        from cpg import CorosyncError, Quorum
+
+        while True:
+            try:
+                q = Quorum(handler=lambda ch: self._set_quorate(ch.quorate))
+            except CorosyncError as exc:
+                log.debug("quorum_initialize failed: %s", exc)
+                self.status.set_quorate(False)
+                await trio.sleep(self.options.restart_delay)
+                continue
+            try:
+                await q.run()
+            except CorosyncError as exc:
+                log.error("quorum service lost: %s", exc)
+            finally:
+                q.finalize()
+                self.status.set_quorate(False)
+            await trio.sleep(1)
+
+    # ------------------------------------------------------------------ cmap
+
+    def _on_cluster_info(self, info: object) -> None:
+        from cpg import ClusterInfo
+
+        assert isinstance(info, ClusterInfo)
+        self.status.set_cluster_info(
+            info.cluster_name,
+            info.config_version,
+            [NodeInfo(n.name, n.nodeid, n.votes) for n in info.nodes],
+        )
+
+    async def run_cmap(self) -> None:
+        from cpg import Cmap, CorosyncError
+
+        while True:
+            try:
+                c = Cmap(handler=self._on_cluster_info)
+                self._on_cluster_info(c.track_config())
+            except CorosyncError as exc:
+                log.debug("cmap unavailable: %s", exc)
+                await trio.sleep(self.options.restart_delay)
+                continue
+            try:
+                await c.run()
+            except CorosyncError as exc:
+                log.error("cmap service lost: %s", exc)
+            finally:
+                c.finalize()
+            await trio.sleep(1)
+
+    # ------------------------------------------------------------------ corosync.conf
+
+    def on_tree_change(self, change: Change) -> None:
+        """Mirror corosync.conf after applied writes/renames and after a resync."""
+        if change.op is Op.RELOAD:
+            self.sync_conf(notify=False)
+        elif (change.op in (Op.CREATE, Op.WRITE) and change.path == COROSYNC_CONF) or (
+            change.op is Op.RENAME and change.to_path == COROSYNC_CONF
+        ):
+            e = self.tree.lookup(COROSYNC_CONF)
+            self.sync_conf(notify=e is not None and e.writer == self.dfsm.nodeid)
+
+    def sync_conf(self, notify: bool) -> None:
+        written, old_version = sync_corosync_conf(self.tree, self.options.corosync_conf_path)
+        if written and notify and old_version != 0 and self._nursery is not None:
+            self._nursery.start_soon(self._reload_corosync)
+
+    async def _reload_corosync(self) -> None:
+        await trio.sleep(1)
+        try:
+            res = await trio.run_process(
+                list(self.options.cfgtool),
+                check=False,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            log.error("corosync-cfgtool -R failed: %s", exc)
+            return
+        if res.returncode != 0:
+            log.error("corosync-cfgtool -R failed with exit code %d", res.returncode)
+
+    def start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self.tree.listeners.append(self.on_tree_change)
+        self.sync_conf(notify=True)
+        nursery.start_soon(self.run_quorum)
+        nursery.start_soon(self.run_cmap)
+        nursery.start_soon(self.run_dcdb)
+        nursery.start_soon(self.run_timer)
+
+
+async def start_cluster(
+    nursery: trio.Nursery,
+    tree: Tree,
+    db: object,
+    status: ClusterStatus,
+    nodename: str,
+    task_status: trio.TaskStatus[ClusterBackend] = trio.TASK_STATUS_IGNORED,
+    *,
+    options: ClusterOptions | None = None,
+    on_services: Callable[[ClusterServices], None] | None = None,
+) -> ClusterBackend:
+    """Start cluster mode in `nursery`; returns the backend at once (quorum starts false).
+
+    `db` is the Database the tree journals to (already the tree's journal; accepted for the
+    daemon's convenience and future use).
+    """
+    status.set_quorate(False)
+    services = ClusterServices(tree, status, nodename, options or ClusterOptions())
+    services.start(nursery)
+    if on_services is not None:
+        on_services(services)
+    task_status.started(services.backend)
+    return services.backend
