@@ -278,3 +278,46 @@ def test_root_listing_has_fixed_entries_first(fs: Pmxcfs) -> None:
     ]
     assert names[: len(fixed)] == fixed
     assert len(names) == len(set(names))
+
+
+def test_unlink_of_open_file_keeps_reading_and_leaves_no_hidden_file(m: Path) -> None:
+    """libfuse 2 renamed such files to .fuse_hidden* (replicated!); we keep the handle alive."""
+    f = m / "open.cfg"
+    f.write_bytes(b"still here")
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        os.unlink(f)
+        assert os.pread(fd, 100, 0) == b"still here"
+        assert os.listdir(m) == []
+    finally:
+        os.close(fd)
+
+
+def test_write_to_unlinked_open_file_fails_cleanly(m: Path) -> None:
+    f = m / "gone.cfg"
+    f.write_bytes(b"x")
+    fd = os.open(f, os.O_WRONLY)
+    try:
+        os.unlink(f)
+        assert oserr(os.write, fd, b"y") == errno.ENOENT
+    finally:
+        os.close(fd)
+    assert not f.exists()
+
+
+def test_rrd_is_empty_without_data(fs: Pmxcfs) -> None:
+    assert (fs.mount / ".rrd").read_bytes() == b""
+    assert (fs.mount / ".rrd").stat().st_size == 0
+
+
+def test_ftruncate_of_unlinked_file_never_touches_a_new_file_of_that_name(m: Path) -> None:
+    f = m / "reuse.cfg"
+    f.write_bytes(b"old")
+    fd = os.open(f, os.O_WRONLY)
+    try:
+        os.unlink(f)
+        f.write_bytes(b"new content")
+        assert oserr(os.ftruncate, fd, 0) == errno.ENOENT
+    finally:
+        os.close(fd)
+    assert f.read_bytes() == b"new content"

@@ -101,6 +101,11 @@ class Invalidator:
         job: list[Job] = [("inode", ino, False, 0)]
         await trio.to_thread.run_sync(_apply_batch, job)
 
+    async def invalidate_entry_now(self, parent_ino: int, name: bytes) -> None:
+        """Forget a dentry before answering; safe while the kernel holds only the child."""
+        job: list[Job] = [("entry", parent_ino, name, 0)]
+        await trio.to_thread.run_sync(_apply_batch, job)
+
     async def drain(self) -> None:
         """Wait until every queued invalidation has reached the kernel."""
         await self._idle.wait()

@@ -152,6 +152,10 @@ class Filesystem(pyfuse3.Operations):
     def _entry(self, ino: int) -> Entry:
         e = self.tree.index.get(ino - 1)
         if e is None:
+            # Unlinked while open: the handles keep the last version alive (rare path).
+            for h in self._handles.values():
+                if h.entry is not None and h.entry.inode == ino - 1:
+                    return h.entry
             raise FUSEError(errno.ENOENT)
         return e
 
@@ -167,7 +171,9 @@ class Filesystem(pyfuse3.Operations):
             raise FUSEError(errno.EACCES)
         if parent_ino in self.ns.by_inode:
             raise FUSEError(errno.ENOTDIR)
-        parent = self._entry(parent_ino)
+        parent = self.tree.index.get(parent_ino - 1)
+        if parent is None:
+            raise FUSEError(errno.ENOENT)
         if len(name) > FUSE_NAME_MAX:
             raise FUSEError(errno.ENAMETOOLONG)
         try:
@@ -180,7 +186,10 @@ class Filesystem(pyfuse3.Operations):
     def _tree_path(self, ino: int) -> str:
         if ino == ROOT or ino in self.ns.by_inode:
             raise FUSEError(errno.EACCES)
-        return self.tree.path_of(self._entry(ino))
+        e = self.tree.index.get(ino - 1)
+        if e is None:  # never resolve a path for an unlinked entry: the name may be reused
+            raise FUSEError(errno.ENOENT)
+        return self.tree.path_of(e)
 
     def _on_change(self, change: Change) -> None:
         if change.op is Op.RELOAD:
@@ -460,7 +469,15 @@ class Filesystem(pyfuse3.Operations):
                 await self._drop_pages(inode - 1)
         if fields.update_mtime and fields.update_atime:
             path = self._tree_path(inode)
-            await self._call(self.backend.set_mtime, path, attr.st_mtime_ns // 1_000_000_000)
+            entry = self._entry(inode)
+            try:
+                await self._call(self.backend.set_mtime, path, attr.st_mtime_ns // 1_000_000_000)
+            except FUSEError:
+                if entry.inode not in self.tree.index:
+                    # An unlock request removed the lock: the kernel still has its dentry.
+                    name = entry.name.encode("utf-8", "surrogateescape")
+                    await self.inval.invalidate_entry_now(fuse_ino(entry.parent), name)
+                raise
         return self._attr(inode)
 
     def _check_chmod(self, inode: int, mode: int) -> None:
