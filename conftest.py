@@ -1,3 +1,3 @@
 """Test plugins shared by every test module."""
 
-pytest_plugins = ["tests.daemon_harness"]
+pytest_plugins = ["tests.daemon_harness", "tests.inprocess"]

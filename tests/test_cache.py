@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.inprocess import CountingFs, InProcess, inproc  # noqa: F401
+from tests.inprocess import CountingFs, InProcess
 
 
 def read(path: Path) -> bytes:

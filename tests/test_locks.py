@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.inprocess import InProcess, inproc  # noqa: F401
+from tests.inprocess import InProcess
 
 
 def oserr(fn, *args) -> int:  # type: ignore[no-untyped-def]
@@ -22,7 +22,7 @@ def oserr(fn, *args) -> int:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def lockdir(inproc: InProcess) -> Path:  # noqa: F811
+def lockdir(inproc: InProcess) -> Path:
     d = inproc.mount / "priv" / "lock"
     d.mkdir(parents=True)
     return d
@@ -35,14 +35,14 @@ def test_acquire_is_exclusive(lockdir: Path) -> None:
     (lockdir / "storage-local").mkdir()
 
 
-def test_unlock_request_before_expiry_is_eacces(inproc: InProcess, lockdir: Path) -> None:  # noqa: F811
+def test_unlock_request_before_expiry_is_eacces(inproc: InProcess, lockdir: Path) -> None:
     lock = lockdir / "l1"
     lock.mkdir()
     assert oserr(os.utime, lock, (0, 0)) == errno.EACCES
     assert lock.is_dir()
 
 
-def test_unlock_request_after_expiry_removes_lock(inproc: InProcess, lockdir: Path) -> None:  # noqa: F811
+def test_unlock_request_after_expiry_removes_lock(inproc: InProcess, lockdir: Path) -> None:
     lock = lockdir / "l2"
     lock.mkdir()
     inproc.now += 121
@@ -51,7 +51,7 @@ def test_unlock_request_after_expiry_removes_lock(inproc: InProcess, lockdir: Pa
     lock.mkdir()  # can be taken again at once
 
 
-def test_refresh_restarts_the_timer(inproc: InProcess, lockdir: Path) -> None:  # noqa: F811
+def test_refresh_restarts_the_timer(inproc: InProcess, lockdir: Path) -> None:
     lock = lockdir / "l3"
     lock.mkdir()
     inproc.now += 100
@@ -71,7 +71,7 @@ def test_lock_dirs_cannot_be_renamed_but_files_can(lockdir: Path) -> None:
     os.rename(lockdir / "f", lockdir / "g")
 
 
-def test_deeper_dirs_have_no_lock_rules(inproc: InProcess, lockdir: Path) -> None:  # noqa: F811
+def test_deeper_dirs_have_no_lock_rules(inproc: InProcess, lockdir: Path) -> None:
     (lockdir / "l6" / "sub").mkdir(parents=True)
     os.utime(lockdir / "l6" / "sub", (0, 0))
     assert (lockdir / "l6" / "sub").stat().st_mtime == 0
