@@ -1,0 +1,1 @@
+"""Multi-node corosync test clusters built from network/mount/UTS namespaces."""
