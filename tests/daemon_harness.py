@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -119,16 +120,21 @@ class Pmxcfs:
     def path(self, rel: str) -> Path:
         return self.mount / rel
 
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Pmxcfs]:
+        """Started for the block, stopped (and unmounted) after it, even on failure."""
+        try:
+            self.start()
+            yield self
+        finally:
+            self.stop()
+
 
 @pytest.fixture
 def pmxcfs(tmp_path: Path) -> Iterator[Pmxcfs]:
     """A fresh local-mode daemon on a fresh database."""
-    d = Pmxcfs(tmp_path)
-    try:
-        d.start()
+    with Pmxcfs(tmp_path).running() as d:
         yield d
-    finally:
-        d.stop()
 
 
 @pytest.fixture

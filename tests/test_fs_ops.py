@@ -18,12 +18,8 @@ from tests.daemon_harness import Pmxcfs
 
 @pytest.fixture(scope="module")
 def fs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pmxcfs]:
-    d = Pmxcfs(tmp_path_factory.mktemp("fsops"), nodename="pvetest")
-    try:
-        d.start()
+    with Pmxcfs(tmp_path_factory.mktemp("fsops"), nodename="pvetest").running() as d:
         yield d
-    finally:
-        d.stop()
 
 
 @pytest.fixture
