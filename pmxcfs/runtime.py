@@ -85,7 +85,7 @@ def remove_file(path: str) -> None:
 
 def create_restart_flag(path: str, gid: int) -> None:
     try:
-        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o666)
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o444)
         os.fchown(fd, 0, gid)
         os.close(fd)
     except OSError as exc:

@@ -7,6 +7,7 @@ validation reads only, and the pragmas, chmod and table creation come after it.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -36,6 +37,8 @@ _REPLACE = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _DELETE = "DELETE FROM tree WHERE inode = ?"
+
+log = logging.getLogger("pmxcfs.database")
 
 
 class DatabaseError(Exception):
@@ -104,6 +107,11 @@ class Database:
                 now = int(clock if clock is not None else time.time())
                 if not version_row:
                     tree.root.mtime = now
+                elif rows:
+                    # Q4: a version below an existing inode would let a new entry replace it.
+                    log.warning(
+                        "raising database version to %d (was behind its entries)", tree.root.version
+                    )
                 db.commit([tree.root.row()], ())
             return db, tree
         except BaseException:

@@ -44,8 +44,12 @@ def test_persistence_across_restart(make_pmxcfs) -> None:  # type: ignore[no-unt
     assert d.stop() == 0
     assert not is_mounted(d.mount)
     # the restart flag marks a clean shutdown and the pid file is gone
-    assert (d.run_dir / "cfs-restart-flag").exists()
+    flag = (d.run_dir / "cfs-restart-flag").stat()
+    assert (flag.st_mode & 0o777, flag.st_uid, flag.st_gid) == (0o440, 0, 33)
     assert not d.pid_file.exists()
+    # the restart flag is removed once the next instance is up
+    d.start()
+    assert not (d.run_dir / "cfs-restart-flag").exists()
 
 
 def test_sigkill_loses_no_acknowledged_write(make_pmxcfs) -> None:  # type: ignore[no-untyped-def]
