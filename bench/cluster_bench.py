@@ -1,16 +1,31 @@
-"""Cluster replication benchmark (sans-I/O, deterministic in-memory CPG).
+"""Cluster replication benchmark.
 
-Measures the hot paths that do not depend on corosync: message decode, NORMAL delivery
-through DFSM + DCDB into the tree on every node, and a full state transfer (STATE, leader
-choice, UPDATEs, follower commit with index compare) for a large tree.
+Default (simulator, sans-I/O, deterministic in-memory CPG): the hot paths that do not
+depend on corosync -- message decode, NORMAL delivery through DFSM + DCDB into the tree on
+every node, and a full state transfer (STATE, leader choice, UPDATEs, follower commit with
+index compare) for a large tree.
 
     .venv/bin/python bench/cluster_bench.py [--nodes 3] [--ops 5000] [--files 5000]
+
+``--real`` (root): a 3-node cluster of our daemons on real corosync, each node in its own
+namespaces (tests/cluster/pve_nodes.py); files are written through the FUSE mounts.
+Prints create+write/s and writes/s with one writer, total rates with one writer on every
+node at once, replication latency (write on node1 until node2 reads it) p50/p90, the time
+a restarted node needs to catch up after --catchup files changed while it was down, and
+the RSS of every daemon.  Figures only, no assertions on time.
+
+    .venv/bin/python bench/cluster_bench.py --real [--files 500] [--writes 1000]
+        [--samples 100] [--catchup 1000]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
+import sys
 import time
+from pathlib import Path
 
 from pmxcfs.dcdb.app import DcdbApp
 from pmxcfs.dcdb.codec import FuseOp, Subtype, decode_fuse
@@ -75,17 +90,127 @@ def bench_sync(files: int) -> tuple[float, int]:
     return dt, n
 
 
+# ---------------------------------------------------------------------------- real cluster
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def bench_real(files: int, writes: int, samples: int, catchup: int) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.cluster.pve_nodes import PveCluster, PveNode
+
+    def timed(results: list[tuple[PveNode, int]], timeout: float = 600) -> float:
+        """Wall time from the earliest start to the latest end (agent-side clocks)."""
+        res = [pn.result(rid, timeout) for pn, rid in results]
+        for r in res:
+            if not r["ok"]:
+                raise RuntimeError(f"benchmark step failed: {r}")
+        return float(max(r["t1"] for r in res) - min(r["t0"] for r in res))
+
+    t = time.monotonic()
+    with PveCluster(3) as pc:
+        n1, n2, n3 = pc[1], pc[2], pc[3]
+        print(f"3-node cluster of pmxcfs daemons up (quorate, mounted) in "
+              f"{time.monotonic() - t:.1f} s")  # fmt: skip
+        for d in ("b1", "b3", "lat", "cu", *(f"b3/{pn.name}" for pn in pc)):
+            n1.ok("mkdir", path=d)
+        rss0 = {pn.name: _rss_kib(pn.daemon_pid) for pn in pc}
+
+        # one writer: create+write of new files, then plain writes to one file
+        dt = timed([(n1, n1.send("burst", prefix="b1/f", count=files, tag="b"))])
+        print(f"one writer, create+write: {files / dt:,.0f} files/s "
+              f"({2 * files / dt:,.0f} replicated ops/s; {files} files in {dt:.2f} s)")  # fmt: skip
+        dt = timed([(n1, n1.send("pwrite_loop", path="b1/w", data="x" * 100, count=writes))])
+        print(f"one writer, 100-byte writes: {writes / dt:,.0f} writes/s")
+
+        # one writer on every node at once
+        dt = timed([(pn, pn.send("burst", prefix=f"b3/{pn.name}/f", count=files, tag=pn.name))
+                    for pn in pc])  # fmt: skip
+        print(f"3 writers at once, create+write: {3 * files / dt:,.0f} files/s total "
+              f"({6 * files / dt:,.0f} replicated ops/s)")  # fmt: skip
+        dt = timed([(pn, pn.send("pwrite_loop", path=f"b3/{pn.name}/w", data="y" * 100,
+                                 count=writes)) for pn in pc])  # fmt: skip
+        print(f"3 writers at once, 100-byte writes: {3 * writes / dt:,.0f} writes/s total")
+
+        # replication latency node1 -> node2: one replicated WRITE (same-length pwrite)
+        lat: list[float] = []
+        ack: list[float] = []
+        n1.write("lat/f", f"sample {0:06d}")
+        assert n2.agent is not None
+        for i in range(1, samples + 1):
+            want = f"sample {i:06d}"
+            mark = n2.agent.mark()
+            wid = n2.send("watch", path="lat/f", data=want, timeout=30)
+            n2.agent.wait_for("watching", start=mark, timeout=30)
+            w = n1.result(n1.send("write", path="lat/f", data=want, mode="r+"))
+            seen = n2.result(wid)
+            if not (w["ok"] and seen["ok"]):
+                raise RuntimeError(f"latency sample failed: {w} {seen}")
+            lat.append(float(seen["value"]) - float(w["t0"]))
+            ack.append(float(w["t1"]) - float(w["t0"]))
+        print(f"replication latency node1 -> node2 ({samples} samples, 1 ms polling): "
+              f"p50 {1000 * statistics.median(lat):.1f} ms, p90 {1000 * _pct(lat, 0.9):.1f} ms "
+              f"(writer's own open+pwrite+close: p50 {1000 * statistics.median(ack):.1f} ms, "
+              f"p90 {1000 * _pct(ack, 0.9):.1f} ms)")  # fmt: skip
+
+        # catch-up of a restarted node: every one of --catchup files rewritten while it is down
+        timed([(n1, n1.send("burst", prefix="cu/f", count=catchup, tag="v1"))])
+        pc.wait_converged(timeout=120)
+        assert n3.stop_daemon() == 0
+        timed([(n1, n1.send("burst", prefix="cu/f", count=catchup, tag="v2"))])
+        n1.write("cu/sentinel", "all changed")
+        t0 = time.monotonic()
+        n3.start_daemon()
+        t_mount = time.monotonic() - t0
+        n3.ok("watch", path="cu/sentinel", data="all changed", timeout=300, interval=0.01)
+        t_sync = time.monotonic() - t0
+        pc.wait_converged(timeout=120)
+        saved = sum(len(f) for _r, _d, f in os.walk(n3.lost_found))
+        print(
+            f"restarted node catches up on {catchup} changed files: {t_sync:.2f} s from "
+            f"daemon start ({t_mount:.2f} s to mount, {t_sync - t_mount:.2f} s mount to synced; "
+            f"it wrote {saved} superseded files to its lost+found)"
+        )
+
+        rss = {pn.name: _rss_kib(pn.daemon_pid) for pn in pc}
+        total = len(n1.snapshot())
+        print(f"daemon RSS (KiB) at start: {rss0}; at the end ({total} tree entries): {rss}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--ops", type=int, default=3000)
-    ap.add_argument("--files", type=int, default=5000)
+    ap.add_argument(
+        "--files",
+        type=int,
+        default=None,
+        help="simulator: state transfer size (5000); --real: files per writer (500)",
+    )
+    ap.add_argument("--real", action="store_true", help="3 real daemons on real corosync (root)")
+    ap.add_argument("--writes", type=int, default=1000, help="--real: writes per writer")
+    ap.add_argument("--samples", type=int, default=100, help="--real: latency samples")
+    ap.add_argument("--catchup", type=int, default=1000, help="--real: files changed while down")
     args = ap.parse_args()
+    if args.real:
+        bench_real(args.files or 500, args.writes, args.samples, args.catchup)
+        return
+    files = args.files or 5000
     print(f"decode WRITE message + payload: {bench_decode(100_000):,.0f} msg/s")
     rate = bench_ops(args.nodes, args.ops)
     print(f"replicated WRITE, {args.nodes} nodes (applied on all): {rate:,.0f} ops/s")
-    dt, n = bench_sync(args.files)
-    print(f"full state transfer of {args.files} files: {dt:.2f} s ({n} messages)")
+    dt, n = bench_sync(files)
+    print(f"full state transfer of {files} files: {dt:.2f} s ({n} messages)")
 
 
 if __name__ == "__main__":

@@ -22,15 +22,17 @@ import trio
 from .constants import COROSYNC_CONF, DB_DIR, HOST_COROSYNC_CONF
 from .dcdb.app import DcdbApp
 from .dcdb.backend import ClusterBackend
+from .dcdb.marker import SyncMarker
 from .dfsm.codec import DCDB_PROTOCOL_VERSION
 from .dfsm.driver import DfsmDriver
-from .dfsm.machine import DEFAULT_VERIFY_INTERVAL, ConfChg, Deliver, Dfsm, Tick
+from .dfsm.machine import DEFAULT_VERIFY_INTERVAL, ConfChg, Deliver, Dfsm, Mode, Tick
 from .status.state import ClusterStatus, NodeInfo
 from .tree import Change, Op, Tree
 
 log = logging.getLogger("pmxcfs.cluster")
 
 RESTART_DELAY = 5.0
+MARKER_INTERVAL = 10  # seconds between sync-marker updates while synced
 _CONFIG_VERSION = re.compile(rb"config_version\s*:\s*(\d+)")
 
 
@@ -38,6 +40,7 @@ _CONFIG_VERSION = re.compile(rb"config_version\s*:\s*(\d+)")
 class ClusterOptions:
     corosync_conf_path: str = HOST_COROSYNC_CONF
     lost_found_dir: str | None = os.path.join(DB_DIR, "lost+found")
+    sync_marker_path: str | None = os.path.join(DB_DIR, ".pmxcfs-synced")
     verify_interval: float | None = DEFAULT_VERIFY_INTERVAL
     restart_delay: float = RESTART_DELAY
     online_from_dcdb: bool = True  # online flags from dcdb membership (no kvstore group here)
@@ -115,6 +118,7 @@ class ClusterServices:
             tree,
             quorate=lambda: status.quorate,
             lost_found_dir=options.lost_found_dir,
+            marker=SyncMarker(options.sync_marker_path),
         )
         self.dfsm = Dfsm(
             0,
@@ -191,9 +195,21 @@ class ClusterServices:
             await trio.sleep(self.options.restart_delay)
 
     async def run_timer(self) -> None:
-        while True:
-            await trio.sleep(1)
-            self.driver.feed(Tick(time.time()))
+        ticks = 0
+        try:
+            while True:
+                await trio.sleep(1)
+                self.driver.feed(Tick(time.time()))
+                ticks += 1
+                if ticks % MARKER_INTERVAL == 0:
+                    self._save_marker()
+        finally:
+            self._save_marker()
+
+    def _save_marker(self) -> None:
+        """While synced, the whole tree is cluster history (bounded staleness is only noise)."""
+        if self.dfsm.mode is Mode.SYNCED:
+            self.app.marker.save(self.tree.root.version)
 
     # ------------------------------------------------------------------ quorum
 

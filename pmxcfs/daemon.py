@@ -147,6 +147,7 @@ class Daemon:
         options = ClusterOptions(
             corosync_conf_path=self.opts.corosync_conf,
             lost_found_dir=os.path.join(self.opts.db_dir, "lost+found"),
+            sync_marker_path=os.path.join(self.opts.db_dir, ".pmxcfs-synced"),
         )
         backend: Backend = await start_cluster(
             nursery, self.tree, self.db, self.status, self.nodename, options=options

@@ -23,6 +23,7 @@ from ..tree import Entry, LoadError, Row, Tree, TreeError
 from ..vmlist import DuplicateVmid
 from . import codec
 from .codec import FuseOp, Index, Subtype, UpdateEntry
+from .marker import SyncMarker
 
 log = logging.getLogger("pmxcfs.dcdb")
 
@@ -108,6 +109,7 @@ class DcdbApp:
         *,
         quorate: Callable[[], bool] = lambda: True,
         lost_found_dir: str | None = None,
+        marker: SyncMarker | None = None,
         cluster_log: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
         observer: ResultObserver | None = None,
@@ -115,6 +117,7 @@ class DcdbApp:
         self.tree = tree
         self.quorate = quorate
         self.lost_found_dir = lost_found_dir
+        self.marker = marker or SyncMarker(None)
         self.cluster_log = cluster_log
         self.clock = clock
         self.observer = observer
@@ -158,6 +161,8 @@ class DcdbApp:
             leader[0], leader[1], lidx.version, len(synced), len(parsed),
         )  # fmt: skip
         self.ctx = SyncContext(leader, lidx, own)
+        if own.raw == lidx.raw:
+            self.marker.save(self.tree.root.version)  # our state is the cluster's
         if leader != local:
             return StateOutcome(synced)
         wanted: set[int] = set()
@@ -226,6 +231,7 @@ class DcdbApp:
             log.error("dcdb: writing the synced state to the database failed: %s", exc)
             return False
         tree.replace_contents(new)
+        self.marker.save(new.root.version)
         self.commits += 1
         log.info(
             "dcdb: synced from node %d: %d updated, %d removed, version %d",
@@ -236,11 +242,13 @@ class DcdbApp:
     # ------------------------------------------------------------------ lost+found
 
     def _save_lost(self, old: Tree, new: Tree, leader: Member) -> None:
-        """Every non-root entry whose content or place changes, or that disappears."""
+        """Every non-root entry changed here alone (above the sync marker) whose content or
+        place the leader's state changes, or that disappears."""
+        shared = self.marker.load(old.root.version)
         now = self.clock()
         tag = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + f"-v{old.root.version}"
         for inode, e in old.index.items():
-            if inode == 0:
+            if inode == 0 or e.version <= shared:
                 continue
             ne = new.index.get(inode)
             old_path = old.path_of(e)

@@ -343,8 +343,13 @@ class Dfsm:
     def _reset(self) -> None:
         self.msg_queue.clear()
         self._abort_waiters()
-        self.joined = True
         self.we_are_member = False
+        if not self.restartable:
+            # ERROR / VERSION_ERROR stay until the process restarts (§2.7): the reset done
+            # after leaving the group must not make the service restartable again.
+            self.joined = False
+            return
+        self.joined = True
         self.mode = Mode.START
 
     def _local_request(self, req: LocalRequest) -> None:
