@@ -172,6 +172,7 @@ class ClusterServices:
             warned = False
             if self.dfsm.nodeid == 0:
                 self.dfsm.set_identity(cpg.nodeid, os.getpid())
+            self.app.local_member = (self.dfsm.nodeid, self.dfsm.pid)
             self.driver.reset()
             try:
                 async with trio.open_nursery() as n:

@@ -19,6 +19,7 @@ from .. import checksum
 from ..constants import DT_DIR, DT_REG, VERSION_ROW_NAME
 from ..dfsm.codec import WireError
 from ..dfsm.machine import DeliverOutcome, Member, StateOutcome
+from ..origin import local_request
 from ..tree import Entry, LoadError, Row, Tree, TreeError
 from ..vmlist import DuplicateVmid
 from . import codec
@@ -118,6 +119,7 @@ class DcdbApp:
         self.quorate = quorate
         self.lost_found_dir = lost_found_dir
         self.marker = marker or SyncMarker(None)
+        self.local_member: Member | None = None  # (nodeid, pid) once joined
         self.cluster_log = cluster_log
         self.clock = clock
         self.observer = observer
@@ -310,9 +312,13 @@ class DcdbApp:
             if subtype >= Subtype.UNLOCK_REQUEST:
                 out = self._unlock(sender, subtype, mtime, codec.decode_unlock(payload), lowest)
             else:
-                out = DeliverOutcome(
-                    self._apply(sender[0], subtype, mtime, codec.decode_fuse(payload))
-                )
+                op = codec.decode_fuse(payload)
+                # Our own message answers a syscall that is waiting: no cache to invalidate.
+                token = local_request.set(sender == self.local_member)
+                try:
+                    out = DeliverOutcome(self._apply(sender[0], subtype, mtime, op))
+                finally:
+                    local_request.reset(token)
         except WireError as exc:
             log.error("dcdb: bad message %d from node %d: %s", subtype, sender[0], exc)
             out = DeliverOutcome(-1, fatal=True)

@@ -8,7 +8,6 @@ lock held by a request this process has not answered yet, which would deadlock t
 
 from __future__ import annotations
 
-import contextvars
 import errno
 import logging
 import math
@@ -17,12 +16,11 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
+from ..origin import local_request
 from ..tree import Change, Entry, Op, Tree
 
 log = logging.getLogger("pmxcfs.fs")
 
-# Set while the filesystem applies its own request: the kernel already knows those results.
-local_request: contextvars.ContextVar[bool] = contextvars.ContextVar("local_request", default=False)
 
 # ("inode", fuse_ino, attr_only) or ("entry", parent_fuse_ino, name, deleted_fuse_ino)
 Job = tuple[str, int, bytes | bool, int]

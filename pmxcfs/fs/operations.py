@@ -16,8 +16,9 @@ from pyfuse3 import FUSEError
 from .. import paths
 from ..backend import Backend
 from ..constants import BLOCK_SIZE, MAX_FS_SIZE, MAX_INODES, MAX_WRITE, NAME_MAX
+from ..origin import local_request
 from ..tree import Change, Entry, Op, Tree, TreeError
-from .invalidator import Invalidator, fuse_ino, local_request
+from .invalidator import Invalidator, fuse_ino
 from .namespace import Generated, GeneratedError, Namespace, Symlink
 
 log = logging.getLogger("pmxcfs.fs")

@@ -815,7 +815,7 @@ def _remove_resources(state: Mapping[str, Any]) -> list[str]:
 
 def reap_stale_clusters() -> list[str]:
     """Remove clusters recorded by harness runs whose owner process no longer exists."""
-    reaped = []
+    reaped: list[str] = []
     if not STATE_DIR.is_dir():
         return reaped
     for f in STATE_DIR.glob("*.json"):
