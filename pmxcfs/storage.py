@@ -32,7 +32,7 @@ SCHEMA_SQL = (
 )
 COLUMNS = ("inode", "parent", "version", "writer", "mtime", "type", "name", "data")
 _SELECT = "SELECT inode, parent, version, writer, mtime, type, name, data FROM tree"
-_REPLACE = (
+REPLACE_SQL = (
     "REPLACE INTO tree (inode, parent, version, writer, mtime, type, name, data) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
@@ -138,7 +138,7 @@ class Database:
         try:
             for inode in deletes:
                 conn.execute(_DELETE, (inode,))
-            conn.executemany(_REPLACE, upserts)
+            conn.executemany(REPLACE_SQL, upserts)
             conn.execute("COMMIT TRANSACTION")
         except BaseException:
             if not conn.in_transaction:

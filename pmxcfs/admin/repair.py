@@ -17,15 +17,12 @@ from typing import Any
 import apsw
 
 from ..constants import DT_DIR, DT_REG, SQLITE_BUSY_TIMEOUT_MS, VERSION_ROW_NAME
+from ..storage import REPLACE_SQL
 from .check import FIXABLE, Problem, check_rows, display_path
 from .dbread import RawRow
 from .errors import EXIT_PROBLEMS, AdminError
 
 LOST_FOUND = b"lost+found"
-_REPLACE = (
-    "REPLACE INTO tree (inode, parent, version, writer, mtime, type, name, data) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
 # Fix order: names first (so moved entries carry valid names), then moves, then new rows.
 _ORDER = {
     "bad-name": 0,
@@ -209,7 +206,7 @@ def apply_plan(db_path: str, plan: Plan) -> None:
             for r in plan.changed.values()
         ]
         with conn:  # one transaction; rolled back on any error
-            conn.executemany(_REPLACE, rows)
+            conn.executemany(REPLACE_SQL, rows)
     except apsw.Error as exc:
         raise AdminError(
             f"{db_path}: repair failed, nothing changed: {exc}", EXIT_PROBLEMS
