@@ -119,3 +119,12 @@ def test_lookups_are_cached(inproc: InProcess) -> None:
     with pytest.raises(OSError) as ei:
         os.stat(inproc.mount / "missing")
     assert ei.value.errno == errno.ENOENT
+
+
+def test_overlong_name_from_a_peer_does_not_break_listing(inproc: InProcess) -> None:
+    """The reference allows any name length; the kernel cannot list names over 1024 bytes."""
+    m = inproc.mount
+    (m / "ok.cfg").write_bytes(b"")
+    inproc.call(inproc.tree.create, "n" * 1100, 2, 1)
+    names = os.listdir(m)
+    assert "ok.cfg" in names and not any(len(n) > 1024 for n in names)

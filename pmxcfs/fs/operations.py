@@ -252,15 +252,13 @@ class Filesystem(pyfuse3.Operations):
             hidden = self.ns.by_name
             for obj in self.ns.order:
                 listing.append((obj.name.encode(), self._attr_fixed(obj)))
-            for name, child in e.children.items():
-                bname = name.encode("utf-8", "surrogateescape")
-                if bname not in hidden:
-                    listing.append((bname, attr(child)))
         else:
-            listing.extend(
-                (name.encode("utf-8", "surrogateescape"), attr(child))
-                for name, child in e.children.items()
-            )
+            hidden = {}
+        for name, child in e.children.items():
+            bname = name.encode("utf-8", "surrogateescape")
+            # A peer may create names the kernel cannot list (it fails the whole readdir).
+            if bname not in hidden and len(bname) <= FUSE_NAME_MAX:
+                listing.append((bname, attr(child)))
         fh = self._next_fh
         self._next_fh += 1
         self._dirs[fh] = listing
