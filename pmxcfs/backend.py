@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from .checksum import lock_checksum
 from .tree import Tree, TreeError
 
 
@@ -76,11 +77,8 @@ class LocalBackend:
         tree = self.tree
         if mtime == 0:
             lock = tree.lock_entry(path)
-            if lock is not None:
-                from .checksum import lock_checksum
-
-                if tree.lock_expired(path, lock_checksum(lock)):
-                    tree.delete(path, self.writer, self._now())
-                    # The entry is gone: libfuse's re-stat after setattr reports ENOENT.
-                    raise TreeError(errno.ENOENT, "lock expired and removed")
+            if lock is not None and tree.lock_expired(path, lock_checksum(lock)):
+                tree.delete(path, self.writer, self._now())
+                # The entry is gone: libfuse's re-stat after setattr reports ENOENT.
+                raise TreeError(errno.ENOENT, "lock expired and removed")
         tree.set_mtime(path, mtime, self.writer)

@@ -16,7 +16,7 @@ import trio
 
 from . import log as pmxlog
 from .backend import Backend, LocalBackend
-from .constants import COROSYNC_CONF, DB_NAME, LOCKFILE_NAME, RESTART_FLAG_NAME
+from .constants import COROSYNC_CONF, DB_NAME, LOCKFILE_NAME, RESTART_FLAG_NAME, UMASK
 from .constants import WWW_DATA_GROUP as WWW_DATA
 from .fs.invalidator import Invalidator
 from .fs.namespace import Namespace, debug_writer
@@ -39,7 +39,7 @@ from .status.clusterlog import ClusterLog
 from .status.render import RrdTable, render_members, render_version, render_vmlist
 from .status.state import ClusterStatus
 from .storage import Database, DatabaseError
-from .tree import Tree, TreeError
+from .tree import Change, Op, Tree, TreeError
 
 log = logging.getLogger("pmxcfs.main")
 
@@ -97,7 +97,6 @@ class Daemon:
         opts = self.opts
         prepare_mountpoint(opts.mount)
         invalidator = Invalidator(lambda: self.tree)
-        self.tree.listeners.append(self.status.on_tree_change)
         self.tree.listeners.append(invalidator.on_change)
         backend: Backend
         if self.cluster_mode:
@@ -197,7 +196,7 @@ def start(opts: Options) -> int:
         gid = grp.getgrnam(WWW_DATA).gr_gid
     except KeyError:
         raise StartupError(f"unable to get '{WWW_DATA}' group ID") from None
-    os.umask(0o027)
+    os.umask(UMASK)
     for d in (opts.db_dir, opts.run_dir):
         os.makedirs(d, 0o755, exist_ok=True)
     os.chown(opts.run_dir, 0, gid)
@@ -216,11 +215,9 @@ def start(opts: Options) -> int:
         log.critical("%s", exc)
         raise StartupError(f"memdb_open failed - unable to open database '{db_path}'") from exc
     tree.listeners.append(status.on_tree_change)
-    for p in status.path_versions:
-        status.path_versions[p] = 1
+    status.on_tree_change(Change(Op.RELOAD))  # every path counter counts the load
     if not existed and not opts.local:
         _import_corosync_conf(tree, opts.corosync_conf)
-    tree.listeners.remove(status.on_tree_change)
     has_conf = tree.lookup(COROSYNC_CONF) is not None
     if has_conf and opts.local:
         log.warning("forcing local mode (although corosync.conf exists)")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import apsw
 
-from .constants import DT_REG, SQLITE_BUSY_TIMEOUT_MS, VERSION_ROW_NAME
+from .constants import SQLITE_BUSY_TIMEOUT_MS
 from .tree import LoadError, Row, Tree
-from .vmlist import DuplicateVmid
+from .vmlist import VmListError
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema" / "config.sql"
 # Kept inline too, so an installed package does not depend on the source tree.
@@ -99,13 +99,13 @@ class Database:
                 tree.finish_load()
             except LoadError as exc:
                 raise DatabaseError(f"DB load failed: {exc}") from exc
-            except DuplicateVmid as exc:
+            except VmListError as exc:
                 raise DatabaseError(f"DB load failed: {exc}") from exc
-            version_row = any(r[0] == 0 for r in rows)
+            has_version_row = any(r[0] == 0 for r in rows)
             db._prepare(has_table)
-            if not version_row or tree.root.version != next(r[2] for r in rows if r[0] == 0):
+            if not has_version_row or tree.root.version != next(r[2] for r in rows if r[0] == 0):
                 now = int(clock if clock is not None else time.time())
-                if not version_row:
+                if not has_version_row:
                     tree.root.mtime = now
                 elif rows:
                     # Q4: a version below an existing inode would let a new entry replace it.
@@ -146,13 +146,5 @@ class Database:
             conn.execute("ROLLBACK TRANSACTION")
             raise
 
-    def replace_all(self, rows: Sequence[Row], deletes: Sequence[int]) -> None:
-        """Resync commit: one transaction for the whole new state."""
-        self.commit(rows, deletes)
-
     def close(self) -> None:
         self.conn.close()
-
-
-def version_row(version: int, writer: int, mtime: int) -> Row:
-    return (0, 0, version, writer, mtime, DT_REG, VERSION_ROW_NAME, None)

@@ -26,7 +26,7 @@ from .constants import (
     VERSION_ROW_NAME,
 )
 from .locks import LockTable
-from .vmlist import DuplicateVmid, VmList
+from .vmlist import VmList, VmListError
 
 U32 = 0xFFFFFFFF
 
@@ -277,7 +277,7 @@ class Tree:
         return True
 
     def finish_load(self, now: float | None = None) -> None:
-        """Derived state after a (re)load: VM list (may raise DuplicateVmid) and lock table."""
+        """Derived state after a (re)load: VM list (may raise VmListError) and lock table."""
         self.rebuild_vmlist()
         self.rebuild_locks(now)
 
@@ -293,7 +293,7 @@ class Tree:
                     if sub is None:
                         continue
                     if sub.children is None:
-                        raise DuplicateVmid(0) from None
+                        raise VmListError(f"nodes/{node.name}/{kind} is not a directory")
                     for f in sub.children.values():
                         if f.type != DT_REG:
                             continue

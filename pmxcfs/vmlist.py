@@ -14,7 +14,11 @@ class VmInfo:
     version: int
 
 
-class DuplicateVmid(Exception):
+class VmListError(Exception):
+    """The tree cannot give a VM list; the reference refuses such a database."""
+
+
+class DuplicateVmid(VmListError):
     def __init__(self, vmid: int) -> None:
         super().__init__(f"detected duplicate VMID {vmid}")
         self.vmid = vmid

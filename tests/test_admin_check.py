@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from pmxcfs.admin.check import check_rows
 from pmxcfs.admin.dbread import RawRow, to_rows
 from pmxcfs.tree import LoadError, Tree
-from pmxcfs.vmlist import DuplicateVmid
+from pmxcfs.vmlist import VmListError
 
 # Kinds the daemon tolerates at load (it raises the version itself, Q4; sizes are unchecked).
 TOLERATED = {"version-missing", "version-low", "oversize"}
@@ -42,7 +42,7 @@ def daemon_loads(raw: list[RawRow]) -> bool:
     try:
         tree = Tree.from_rows(to_rows(raw))
         tree.finish_load()
-    except (LoadError, DuplicateVmid):
+    except (LoadError, VmListError):
         return False
     return True
 

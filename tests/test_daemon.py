@@ -172,3 +172,12 @@ def test_local_flag_ignores_corosync_conf(make_pmxcfs) -> None:  # type: ignore[
     assert not (d.mount / "corosync.conf").exists()
     (d.mount / "ok.cfg").write_text("x")
     assert os.lstat(d.mount / "local").st_mode & 0o200
+
+
+def test_version_counters_count_the_load_and_each_change(pmxcfs: Pmxcfs) -> None:
+    doc = json.loads((pmxcfs.mount / ".version").read_text())
+    assert doc["storage.cfg"] == doc["user.cfg"] == 1  # the load counts once
+    (pmxcfs.mount / "storage.cfg").write_text("dir: local\n")  # create + write
+    (pmxcfs.mount / "nodes").mkdir()  # mkdir counts nothing
+    doc = json.loads((pmxcfs.mount / ".version").read_text())
+    assert doc["storage.cfg"] == 3 and doc["user.cfg"] == 1

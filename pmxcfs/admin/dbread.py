@@ -18,7 +18,7 @@ import apsw
 from ..constants import SQLITE_BUSY_TIMEOUT_MS
 from ..storage import COLUMNS, SCHEMA_SQL
 from ..tree import LoadError, Row, Tree
-from ..vmlist import DuplicateVmid
+from ..vmlist import VmListError
 from .errors import EXIT_PROBLEMS, AdminError
 
 _INT_COLUMNS = ("parent", "version", "writer", "mtime", "type")
@@ -145,7 +145,7 @@ def load_tree_from(conn: apsw.Connection, path: str) -> Tree:
     try:
         tree = Tree.from_rows(to_rows(read_raw(conn)))
         tree.finish_load()
-    except (LoadError, DuplicateVmid) as exc:
+    except (LoadError, VmListError) as exc:
         raise AdminError(
             f"{path}: DB load failed: {exc} (run 'pmxcfs-admin check')", EXIT_PROBLEMS
         ) from exc

@@ -214,7 +214,3 @@ def apply_plan(db_path: str, plan: Plan) -> None:
     finally:
         conn.close()
 
-
-def _text(name: bytes | None) -> str:
-    """Names of written rows were made valid by the plan; strict decoding proves it."""
-    return (name or b"").decode("utf-8")

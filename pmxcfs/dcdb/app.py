@@ -21,7 +21,7 @@ from ..dfsm.codec import WireError
 from ..dfsm.machine import DeliverOutcome, Member, StateOutcome
 from ..origin import local_request
 from ..tree import Entry, LoadError, Row, Tree, TreeError
-from ..vmlist import DuplicateVmid
+from ..vmlist import VmListError
 from . import codec
 from .codec import FuseOp, Index, Subtype, UpdateEntry
 from .marker import SyncMarker
@@ -215,7 +215,7 @@ class DcdbApp:
         try:
             new = Tree.from_rows(rows.values(), tree.journal, tree.clock)
             new.finish_load()
-        except (LoadError, DuplicateVmid) as exc:
+        except (LoadError, VmListError) as exc:
             log.error("dcdb: tree from the leader's updates is invalid: %s", exc)
             return False
         got = new.encode_index()
