@@ -128,3 +128,47 @@ def test_overlong_name_from_a_peer_does_not_break_listing(inproc: InProcess) -> 
     inproc.call(inproc.tree.create, "n" * 1100, 2, 1)
     names = os.listdir(m)
     assert "ok.cfg" in names and not any(len(n) > 1024 for n in names)
+
+
+def test_entries_learned_by_readdirplus_are_invalidated(inproc: InProcess) -> None:
+    d = inproc.mount / "rd"
+    d.mkdir()
+    (d / "x.cfg").write_bytes(b"1")
+    inproc.call(inproc.tree.mkdir, "rd/sub", 2, 1700000000)
+    inproc.call(inproc.tree.create, "rd/sub/y.cfg", 2, 1700000000)
+    # the kernel learns sub and y.cfg only from a listing (readdirplus), never by lookup
+    sizes = {e.name: e.stat().st_size for e in os.scandir(d / "sub")}
+    assert sizes == {"y.cfg": 0}
+    assert inproc.inval.refs.get(inproc.tree.lookup("rd/sub/y.cfg").inode + 1)  # type: ignore[union-attr]
+    inproc.call(inproc.tree.write, "rd/sub/y.cfg", 0, b"grown", 2, 1700000001)
+    assert (d / "sub" / "y.cfg").stat().st_size == 5
+    assert read(d / "sub" / "y.cfg") == b"grown"
+
+
+def test_forgotten_inodes_cost_no_invalidation(inproc: InProcess) -> None:
+    f = inproc.mount / "fg.cfg"
+    f.write_bytes(b"old")
+    assert read(f) == b"old"
+    ino = f.stat().st_ino
+    assert ino in inproc.inval.refs
+    # make the kernel drop its dentries and inodes: FUSE sends FORGET for each
+    for _ in range(50):
+        Path("/proc/sys/vm/drop_caches").write_text("2\n")
+        if ino not in inproc.inval.refs:
+            break
+    assert ino not in inproc.inval.refs
+    sent = inproc.inval.sent
+    inproc.call(inproc.tree.write, "fg.cfg", 0, b"new", 2, 1700000000)
+    assert inproc.inval.sent == sent  # nothing the kernel holds: nothing to tell it
+    assert read(f) == b"new"  # a fresh lookup, fresh attributes and pages
+    assert ino in inproc.inval.refs
+
+
+def test_remote_changes_to_uncached_entries_are_free(inproc: InProcess) -> None:
+    inproc.call(inproc.tree.mkdir, "cold", 2, 1700000000)
+    sent = inproc.inval.sent
+    for i in range(20):
+        inproc.call(inproc.tree.create, f"cold/f{i}.cfg", 2, 1700000000)
+        inproc.call(inproc.tree.write, f"cold/f{i}.cfg", 0, b"data", 2, 1700000000)
+    assert inproc.inval.sent == sent
+    assert read(inproc.mount / "cold" / "f7.cfg") == b"data"

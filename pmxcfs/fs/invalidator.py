@@ -2,15 +2,22 @@
 
 The kernel caches entries, attributes and file pages for a long time. A change applied by any
 path other than the local syscall (a cluster message, a resync, a lock expiry) queues
-invalidations here. They run on a worker thread because a notification can wait on a page
-lock held by a request this process has not answered yet, which would deadlock the trio loop.
+invalidations here. They run on one long-lived worker thread because a notification can wait
+on a page lock held by a request this process has not answered yet, which would deadlock the
+trio loop; the loop only enqueues and never waits for the thread.
+
+Only inodes the kernel holds can be stale: the filesystem reports every reply that hands an
+inode to the kernel (`ref`) and every FORGET (`forget`), and changes to anything else cost
+nothing. Counting more references than the kernel holds is harmless (an invalidation the
+kernel ignores), so replies that may not have arrived are counted anyway.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import math
+import queue
+import threading
 from collections.abc import Callable
 
 import pyfuse3
@@ -25,6 +32,8 @@ log = logging.getLogger("pmxcfs.fs")
 # ("inode", fuse_ino, attr_only) or ("entry", parent_fuse_ino, name, deleted_fuse_ino)
 Job = tuple[str, int, bytes | bool, int]
 
+ROOT_INO = pyfuse3.ROOT_INODE
+
 
 def fuse_ino(tree_inode: int) -> int:
     return tree_inode + 1
@@ -33,12 +42,35 @@ def fuse_ino(tree_inode: int) -> int:
 class Invalidator:
     def __init__(self, tree_getter: Callable[[], Tree]) -> None:
         self._tree = tree_getter
-        self._send, self._recv = trio.open_memory_channel[Job](math.inf)
         self.active = False
         self.fixed_inodes: list[int] = []  # the root's symlinks and generated files
+        #: fuse inode -> lookups the kernel may still hold (root: always held)
+        self.refs: dict[int, int] = {ROOT_INO: 1}
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
         self._pending = 0
-        self._idle = trio.Event()
-        self._idle.set()
+        self._idle_waiters: list[trio.Event] = []
+        self._token: trio.lowlevel.TrioToken | None = None
+        self.sent = 0  # jobs handed to the kernel (for tests and benchmarks)
+
+    # ------------------------------------------------------------------ kernel references
+
+    def ref(self, ino: int) -> None:
+        """A reply handed `ino` to the kernel (lookup, create, mkdir, readdirplus)."""
+        refs = self.refs
+        refs[ino] = refs.get(ino, 0) + 1
+
+    def forget(self, ino: int, nlookup: int) -> None:
+        if ino == ROOT_INO:
+            return
+        n = self.refs.get(ino, 0) - nlookup
+        if n > 0:
+            self.refs[ino] = n
+        else:
+            self.refs.pop(ino, None)
+
+    # ------------------------------------------------------------------ queueing
 
     def on_change(self, change: Change) -> None:
         """Tree listener: queue what the kernel must forget."""
@@ -48,92 +80,126 @@ class Invalidator:
         if op is Op.RELOAD:
             self._reload(change.old_index or {})
             return
-        ino = fuse_ino(change.inode)
-        name = change.name.encode("utf-8", "surrogateescape")
-        parent = fuse_ino(change.parent)
-        if op in (Op.MKDIR, Op.CREATE):
-            self._put(("entry", parent, name, 0))
-        elif op is Op.WRITE:
-            self._put(("inode", ino, False, 0))
-        elif op is Op.MTIME:
-            self._put(("inode", ino, True, 0))
+        refs = self.refs
+        parent = change.parent + 1
+        if op is Op.WRITE or op is Op.MTIME:
+            ino = change.inode + 1
+            if ino in refs:
+                self._put(("inode", ino, op is Op.MTIME, 0))
+        elif op is Op.MKDIR or op is Op.CREATE:
+            if parent in refs:
+                self._put(("entry", parent, change.name.encode("utf-8", "surrogateescape"), 0))
         elif op is Op.DELETE:
-            self._put(("entry", parent, name, ino))
+            if parent in refs:
+                ino = change.inode + 1
+                name = change.name.encode("utf-8", "surrogateescape")
+                self._put(("entry", parent, name, ino if ino in refs else 0))
         elif op is Op.RENAME:
-            self._put(("entry", parent, name, 0))
-            new_name = change.new_name.encode("utf-8", "surrogateescape")
-            replaced = fuse_ino(change.replaced) if change.replaced is not None else 0
-            self._put(("entry", fuse_ino(change.new_parent), new_name, replaced))
-            self._put(("inode", ino, True, 0))
+            if parent in refs:
+                self._put(("entry", parent, change.name.encode("utf-8", "surrogateescape"), 0))
+            new_parent = fuse_ino(change.new_parent)
+            if new_parent in refs:
+                new_name = change.new_name.encode("utf-8", "surrogateescape")
+                replaced = fuse_ino(change.replaced) if change.replaced is not None else 0
+                self._put(("entry", new_parent, new_name, replaced if replaced in refs else 0))
+            ino = change.inode + 1
+            if ino in refs:
+                self._put(("inode", ino, True, 0))
 
     def _reload(self, old_index: dict[int, Entry]) -> None:
         """After a resync: forget what moved or vanished, and every changed inode."""
-        if not self.active:
-            return
         index = self._tree().index
+        refs = self.refs
         for inode, old in old_index.items():
             new = index.get(inode)
-            if inode and (new is None or new.parent != old.parent or new.name != old.name):
+            if inode and fuse_ino(old.parent) in refs and (
+                new is None or new.parent != old.parent or new.name != old.name
+            ):
                 name = old.name.encode("utf-8", "surrogateescape")
                 self._put(("entry", fuse_ino(old.parent), name, 0))
-            if new is None or new.version != old.version:
+            if fuse_ino(inode) in refs and (new is None or new.version != old.version):
                 self._put(("inode", fuse_ino(inode), False, 0))
 
     def invalidate_all(self, attr_only: bool = False) -> None:
         """After a quorum flip: every mode the kernel holds is wrong."""
         if not self.active:
             return
-        for inode in self._tree().index:
-            self._put(("inode", fuse_ino(inode), attr_only, 0))
+        for ino in list(self.refs):
+            self._put(("inode", ino, attr_only, 0))
         for ino in self.fixed_inodes:
             self._put(("inode", ino, attr_only, 0))
 
     def _put(self, job: Job) -> None:
-        self._pending += 1
-        if self._idle.is_set():
-            self._idle = trio.Event()
-        self._send.send_nowait(job)
+        with self._lock:
+            self._pending += 1
+        self._queue.put(job)
+
+    # ------------------------------------------------------------------ synchronous
 
     async def invalidate_now(self, ino: int) -> None:
         """Drop an inode's pages and attributes before answering the request that changed it."""
-        job: list[Job] = [("inode", ino, False, 0)]
-        await trio.to_thread.run_sync(_apply_batch, job)
+        await trio.to_thread.run_sync(_apply, ("inode", ino, False, 0))
 
     async def invalidate_entry_now(self, parent_ino: int, name: bytes) -> None:
         """Forget a dentry before answering; safe while the kernel holds only the child."""
-        job: list[Job] = [("entry", parent_ino, name, 0)]
-        await trio.to_thread.run_sync(_apply_batch, job)
+        await trio.to_thread.run_sync(_apply, ("entry", parent_ino, name, 0))
 
     async def drain(self) -> None:
         """Wait until every queued invalidation has reached the kernel."""
-        await self._idle.wait()
+        with self._lock:
+            if self._pending == 0:
+                return
+            ev = trio.Event()
+            self._idle_waiters.append(ev)
+        await ev.wait()
+
+    # ------------------------------------------------------------------ worker
+
+    def _worker(self) -> None:
+        q = self._queue
+        while True:
+            job = q.get()
+            if job is None:
+                return
+            _apply(job)
+            with self._lock:
+                self.sent += 1
+                self._pending -= 1
+                if self._pending or not self._idle_waiters:
+                    continue
+                waiters, self._idle_waiters = self._idle_waiters, []
+            token = self._token
+            if token is not None:
+                try:
+                    token.run_sync_soon(_wake, waiters)
+                except trio.RunFinishedError:
+                    return
 
     async def run(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.Thread(target=self._worker, name="pmxcfs-inval", daemon=True)
+        self._thread.start()
         self.active = True
         try:
-            while True:
-                batch = [await self._recv.receive()]
-                while True:
-                    try:
-                        batch.append(self._recv.receive_nowait())
-                    except trio.WouldBlock:
-                        break
-                await trio.to_thread.run_sync(_apply_batch, batch)
-                self._pending -= len(batch)
-                if self._pending == 0:
-                    self._idle.set()
+            await trio.sleep_forever()
         finally:
             self.active = False
+            self._queue.put(None)  # the thread ends after what is queued; never joined here
 
 
-def _apply_batch(batch: list[Job]) -> None:
-    for kind, ino, arg, deleted in batch:
-        try:
-            if kind == "inode":
-                pyfuse3.invalidate_inode(ino, bool(arg))
-            else:
-                assert isinstance(arg, bytes)
-                pyfuse3.invalidate_entry(ino, arg, deleted)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOENT, errno.EBADF, errno.ENOTDIR):
-                log.debug("cache invalidation failed: %s", exc)
+def _wake(events: list[trio.Event]) -> None:
+    for ev in events:
+        ev.set()
+
+
+def _apply(job: Job) -> None:
+    kind, ino, arg, deleted = job
+    try:
+        if kind == "inode":
+            pyfuse3.invalidate_inode(ino, bool(arg))
+        else:
+            assert isinstance(arg, bytes)
+            pyfuse3.invalidate_entry(ino, arg, deleted)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.EBADF, errno.ENOTDIR):
+            log.debug("cache invalidation failed: %s", exc)

@@ -221,7 +221,13 @@ class Filesystem(pyfuse3.Operations):
             child = None
         if child is None:
             raise FUSEError(errno.ENOENT)
+        self.inval.ref(child.inode + 1)
         return self._attr_entry(child)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        forget = self.inval.forget
+        for ino, nlookup in inode_list:
+            forget(ino, nlookup)
 
     async def getattr(
         self, inode: int, ctx: pyfuse3.RequestContext | None = None
@@ -268,10 +274,13 @@ class Filesystem(pyfuse3.Operations):
         listing = self._dirs.get(fh)
         if listing is None:
             raise FUSEError(errno.EBADF)
+        ref = self.inval.ref
         for i in range(start_id, len(listing)):
             name, attr = listing[i]
             if not pyfuse3.readdir_reply(token, name, attr, i + 1):
                 return
+            if i >= 2:  # readdirplus: every entry but . and .. is a kernel reference
+                ref(attr.st_ino)
 
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
@@ -318,6 +327,7 @@ class Filesystem(pyfuse3.Operations):
         if e is None:
             raise FUSEError(errno.ENOENT)
         attr = self._attr_entry(e)
+        self.inval.ref(e.inode + 1)
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = _FileHandle(e, None, b"")
@@ -398,8 +408,8 @@ class Filesystem(pyfuse3.Operations):
         e = self.tree.lookup(path)
         if e is None:
             raise FUSEError(errno.ENOENT)
-        attr = self._attr_entry(e)
-        return attr
+        self.inval.ref(e.inode + 1)
+        return self._attr_entry(e)
 
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
