@@ -140,6 +140,10 @@ def _py_cpg_deliver(handle: int, group: Any, nodeid: int, pid: int, msg: Any, ms
     if self is None:
         return
     try:
+        fast = self._deliver_handler
+        if fast is not None:
+            fast(int(nodeid), int(pid), ffi.buffer(msg, msg_len)[:] if msg_len else b"")
+            return
         ev = CpgDeliver(
             bytes(ffi.buffer(group.value, group.length)),
             int(nodeid),
@@ -191,15 +195,24 @@ class Cpg(Service):
 
     Pass *handler* to get each event synchronously from inside ``cpg_dispatch`` instead
     of queueing it (what the C DFSM does); exceptions it raises propagate out of
-    :meth:`run`.  ``cpg_initialize`` connects to corosync at construction and raises
-    :class:`~cpg.errors.CorosyncUnavailable` when corosync is not running.
+    :meth:`run`.  *deliver_handler*, if given, takes deliveries instead, as
+    ``(nodeid, pid, payload)`` without building an event (the hot path); confchgs still
+    go to *handler* or the queue.  ``cpg_initialize`` connects to corosync at
+    construction and raises :class:`~cpg.errors.CorosyncUnavailable` when corosync is not
+    running.
     """
 
     _kind = "cpg"
 
-    def __init__(self, *, handler: Callable[[CpgEvent], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        handler: Callable[[CpgEvent], None] | None = None,
+        deliver_handler: Callable[[int, int, bytes], None] | None = None,
+    ) -> None:
         super().__init__()
         self._handler = handler
+        self._deliver_handler = deliver_handler
         self._events: EventQueue[CpgEvent] = EventQueue()
         #: how often cpg_mcast_joined answered CS_ERR_TRY_AGAIN (flow control)
         self.try_again_count = 0
@@ -408,6 +421,27 @@ class Cpg(Service):
         if rc == CSErrTryAgain.code:
             self.try_again_count += 1
         self._check(rc, "cpg_mcast_joined")
+
+    def mcast_direct(self, *buffers: Buffer, guarantee: int = CPG_TYPE_AGREED) -> bool:
+        """Send now if that cannot block; False asks the caller to use :meth:`mcast`.
+
+        False when a send is queued or in progress on this handle, when the message is
+        above :meth:`max_atomic_msgsize` (libcpg would block while fragmenting), or when
+        corosync answers CS_ERR_TRY_AGAIN (counted, not retried).  Other errors raise.
+        """
+        if self._io_lock.locked() or self._thread_busy:
+            return False
+        handle = self._h("cpg_mcast_joined")
+        self._joined("cpg_mcast_joined")
+        bufs, total = self._prepare(buffers)
+        if total > self._max_atomic:
+            return False
+        rc = self._mcast_c(handle, bufs, guarantee)
+        if rc == CSErrTryAgain.code:
+            self.try_again_count += 1
+            return False
+        self._check(rc, "cpg_mcast_joined")
+        return True
 
     async def mcast(
         self,

@@ -162,7 +162,7 @@ class ClusterServices:
                 log.error("dcdb: stopped in mode %s until pmxcfs restarts", self.dfsm.mode.name)
                 await trio.sleep_forever()
             try:
-                cpg = Cpg(handler=self._on_cpg)
+                cpg = Cpg(handler=self._on_cpg, deliver_handler=self.driver.deliver)
             except CorosyncError as exc:
                 if not warned:
                     log.error("dcdb: cpg_initialize failed: %s", exc)
@@ -181,6 +181,7 @@ class ClusterServices:
                     log.info("dcdb: joined group as node %d", cpg.nodeid)
                     self.connected.set()
                     n.start_soon(self.driver.run_sender, cpg.mcast)
+                    self.driver.direct = cpg.mcast_direct
                     await self.driver.leave_requested.wait()
                     log.warning("dcdb: leaving group (mode %s)", self.dfsm.mode.name)
                     try:

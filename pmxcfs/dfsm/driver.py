@@ -1,9 +1,11 @@
 """trio adapter for a Dfsm: performs its actions and lets callers wait for their results.
 
 Deliveries and confchgs are fed synchronously (from the CPG dispatch callback), so the hot
-path is one `Dfsm.feed` call. Multicasts go out from one task in the order the state machine
-emitted them, which keeps NORMAL `count`s increasing on the wire (§4.8). A caller's request
-resolves when the state machine replies: its own delivery, a send failure or an abort.
+path is one `Dfsm.feed` call. Multicasts leave in the order the state machine emitted them,
+which keeps NORMAL `count`s increasing on the wire (§4.8): directly from `feed` while nothing
+is queued (one non-blocking cpg_mcast_joined, as the reference does from its callbacks), else
+through one sender task that retries. A caller's request resolves when the state machine
+replies: its own delivery, a send failure or an abort.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from .machine import (
 log = logging.getLogger("pmxcfs.dfsm")
 
 Mcast = Callable[[bytes], Awaitable[None]]
+#: sends at once if it can without blocking; False = use the sender task (busy, big, TRY_AGAIN)
+DirectMcast = Callable[[bytes], bool]
 
 
 class _Waiter:
@@ -47,17 +51,22 @@ class DfsmDriver:
         self._waiters: dict[int, _Waiter] = {}
         self._next_rid = 1
         self.leave_requested = trio.Event()
-        self.mcast: Mcast | None = None
+        self.direct: DirectMcast | None = None
+        self._queued = 0  # handed to the sender task, not yet multicast
 
     # ------------------------------------------------------------------ feeding
 
     def feed(self, event: Event) -> None:
         self._perform(self.dfsm.feed(event))
 
+    def deliver(self, nodeid: int, pid: int, data: bytes) -> None:
+        """A CPG delivery (called from inside cpg_dispatch)."""
+        self._perform(self.dfsm.deliver(nodeid, pid, data))
+
     def _perform(self, actions: list[Action]) -> None:
         for a in actions:
             if isinstance(a, Send):
-                self._send_tx.send_nowait(a)
+                self._send(a)
             elif isinstance(a, Reply):
                 w = self._waiters.pop(a.request_id, None)
                 if w is not None:
@@ -66,14 +75,29 @@ class DfsmDriver:
             elif isinstance(a, Leave):
                 self.leave_requested.set()
 
+    def _send(self, s: Send) -> None:
+        direct = self.direct
+        if direct is not None and not self._queued:
+            try:
+                if direct(s.data):
+                    return
+            except Exception as exc:
+                log.warning("%s: multicast failed: %s", self.dfsm.name, exc)
+                self.feed(SendFailed(s, str(exc)))
+                return
+        self._queued += 1
+        self._send_tx.send_nowait(s)
+
     def reset(self) -> None:
         """Service (re)initialisation: drop unsent messages, abort waiters (§2.2)."""
+        self.direct = None
         while True:
             try:
                 s = self._send_rx.receive_nowait()
             except trio.WouldBlock:
                 break
             self.feed(SendFailed(s, "service restarted"))
+        self._queued = 0  # a send cancelled mid-flight is aborted by the Reset below
         self.leave_requested = trio.Event()
         self.feed(Reset())
 
@@ -111,5 +135,8 @@ class DfsmDriver:
             except trio.Cancelled:
                 raise
             except Exception as exc:  # transport errors become DFSM events
+                self._queued -= 1
                 log.warning("%s: multicast failed: %s", self.dfsm.name, exc)
                 self.feed(SendFailed(s, str(exc)))
+            else:
+                self._queued -= 1
