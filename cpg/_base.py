@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+from collections.abc import Callable
 from typing import ClassVar, Generic, TypeVar
 
 import trio
@@ -92,6 +93,9 @@ class Service:
         self._busy = 0  # C calls in progress that use the handle
         self._release_pending = False
         self._callback_error: BaseException | None = None
+        #: called after every dispatch that ran without a callback error, before the
+        #: dispatching task yields (end of a batch of callbacks: group commit, flushes)
+        self.after_dispatch: Callable[[], None] | None = None
 
     # -- subclass hooks
     def _lib_finalize(self, handle: int) -> None:
@@ -232,6 +236,8 @@ class Service:
             err, self._callback_error = self._callback_error, None
             if err is not None:
                 raise err
+            if self.after_dispatch is not None:
+                self.after_dispatch()
             if rc == CSErrTryAgain.code:
                 await trio.sleep(retry_delay)
                 continue

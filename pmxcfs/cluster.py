@@ -8,6 +8,7 @@ host file (filesystem.md §9.4).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -26,6 +27,7 @@ from .dcdb.marker import SyncMarker
 from .dfsm.codec import DCDB_PROTOCOL_VERSION
 from .dfsm.driver import DfsmDriver
 from .dfsm.machine import DEFAULT_VERIFY_INTERVAL, ConfChg, Deliver, Dfsm, Mode, Tick
+from .journal import FLUSH_DELAY, GroupCommit
 from .status.state import ClusterStatus, NodeInfo
 from .tree import Change, Op, Tree
 
@@ -114,11 +116,15 @@ class ClusterServices:
         self.status = status
         self.nodename = nodename
         self.options = options
+        # every applied message is staged; flushed before answering a caller here
+        self.journal = GroupCommit(tree.journal)
+        tree.journal = self.journal
         self.app = DcdbApp(
             tree,
             quorate=lambda: status.quorate,
             lost_found_dir=options.lost_found_dir,
             marker=SyncMarker(options.sync_marker_path),
+            group_commit=self.journal,
         )
         self.dfsm = Dfsm(
             0,
@@ -130,6 +136,8 @@ class ClusterServices:
         )
         self.dfsm.joined = False  # nothing can be sent before the first connection
         self.driver = DfsmDriver(self.dfsm)
+        self.driver.track_answers = True
+        self._flush_due = trio.Event()
         self.backend = ClusterBackend(tree, self.driver, lambda: status.quorate)
         self._nursery: trio.Nursery | None = None
         self.connected = trio.Event()
@@ -163,6 +171,7 @@ class ClusterServices:
                 await trio.sleep_forever()
             try:
                 cpg = Cpg(handler=self._on_cpg, deliver_handler=self.driver.deliver)
+                cpg.after_dispatch = self._after_dispatch
             except CorosyncError as exc:
                 if not warned:
                     log.error("dcdb: cpg_initialize failed: %s", exc)
@@ -195,6 +204,41 @@ class ClusterServices:
                 cpg.finalize()
                 self.driver.disconnect()
             await trio.sleep(self.options.restart_delay)
+
+    # ------------------------------------------------------------------ group commit
+
+    def _after_dispatch(self) -> None:
+        """End of a batch of deliveries: on disk before any caller here sees its result."""
+        if not self.journal.staged:
+            self.driver.answered.clear()
+        elif self.driver.answered:
+            self.flush()
+        elif not self._flush_due.is_set():
+            self._flush_due.set()
+
+    def flush(self) -> bool:
+        try:
+            self.journal.flush()
+        except Exception as exc:
+            log.error("dcdb: database write failed: %s", exc)
+            self.journal.discard()
+            self.tree.error = True  # sticky EIO, as after any failed write
+            self.driver.fail_answered(-errno.EIO)
+            self.driver.fail("database write failed")
+            return False
+        self.driver.answered.clear()
+        return True
+
+    async def run_flusher(self) -> None:
+        """Peers' operations reach the disk within FLUSH_DELAY; the rest at shutdown."""
+        try:
+            while True:
+                await self._flush_due.wait()
+                await trio.sleep(FLUSH_DELAY)
+                self._flush_due = trio.Event()
+                self.flush()
+        finally:
+            self.flush()
 
     async def run_timer(self) -> None:
         ticks = 0
@@ -314,6 +358,7 @@ class ClusterServices:
         nursery.start_soon(self.run_cmap)
         nursery.start_soon(self.run_dcdb)
         nursery.start_soon(self.run_timer)
+        nursery.start_soon(self.run_flusher)
 
 
 async def start_cluster(

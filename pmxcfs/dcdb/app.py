@@ -19,6 +19,7 @@ from .. import checksum
 from ..constants import DT_DIR, DT_REG, VERSION_ROW_NAME
 from ..dfsm.codec import WireError
 from ..dfsm.machine import DeliverOutcome, Member, StateOutcome
+from ..journal import GroupCommit
 from ..origin import local_request
 from ..tree import Entry, LoadError, Row, Tree, TreeError
 from ..vmlist import VmListError
@@ -101,6 +102,11 @@ def update_to_row(u: UpdateEntry) -> Row:
     return (u.inode, u.parent, u.version, u.writer, u.mtime, u.type, name, data)
 
 
+_WRITE = int(Subtype.WRITE)
+_UNLOCK_REQUEST = int(Subtype.UNLOCK_REQUEST)
+_UNLOCK = int(Subtype.UNLOCK)
+
+
 class DcdbApp:
     """The DFSM Application for the configuration database."""
 
@@ -114,8 +120,11 @@ class DcdbApp:
         cluster_log: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
         observer: ResultObserver | None = None,
+        group_commit: GroupCommit | None = None,
     ) -> None:
         self.tree = tree
+        #: when set, operations applied from messages are staged and flushed in groups
+        self.group_commit = group_commit
         self.quorate = quorate
         self.lost_found_dir = lost_found_dir
         self.marker = marker or SyncMarker(None)
@@ -301,22 +310,32 @@ class DcdbApp:
         self, sender: Member, subtype: int, count: int, mtime: int, payload: bytes, lowest: bool
     ) -> DeliverOutcome:
         """§5.5 checks, then apply; the result is computed identically on every node."""
-        if not Subtype.WRITE <= subtype <= Subtype.UNLOCK:
+        if not _WRITE <= subtype <= _UNLOCK:
             log.error("dcdb: unknown message subtype %d from node %d", subtype, sender[0])
             return self._observe(sender, count, subtype, DeliverOutcome(-1, fatal=True))
         if not self.quorate():
             log.error("dcdb: received write while not quorate - trigger resync")
             return self._observe(sender, count, subtype, DeliverOutcome(-1, fatal=True))
         tree = self.tree
+        gc = self.group_commit
         try:
-            if subtype >= Subtype.UNLOCK_REQUEST:
-                out = self._unlock(sender, subtype, mtime, codec.decode_unlock(payload), lowest)
+            if subtype >= _UNLOCK_REQUEST:
+                msg = codec.decode_unlock(payload)
+                if gc is None:
+                    out = self._unlock(sender, subtype, mtime, msg, lowest)
+                else:
+                    with gc.deferring():
+                        out = self._unlock(sender, subtype, mtime, msg, lowest)
             else:
                 op = codec.decode_fuse(payload)
                 # Our own message answers a syscall that is waiting: no cache to invalidate.
                 token = local_request.set(sender == self.local_member)
                 try:
-                    out = DeliverOutcome(self._apply(sender[0], subtype, mtime, op))
+                    if gc is None:
+                        out = DeliverOutcome(self._apply(sender[0], subtype, mtime, op))
+                    else:
+                        with gc.deferring():
+                            out = DeliverOutcome(self._apply(sender[0], subtype, mtime, op))
                 finally:
                     local_request.reset(token)
         except WireError as exc:

@@ -52,6 +52,9 @@ class DfsmDriver:
         self._next_rid = 1
         self.leave_requested = trio.Event()
         self.direct: DirectMcast | None = None
+        #: with group commit: waiters answered since the last flush (see `settle`)
+        self.track_answers = False
+        self.answered: list[_Waiter] = []
         self._queued = 0  # handed to the sender task, not yet multicast
 
     # ------------------------------------------------------------------ feeding
@@ -72,6 +75,8 @@ class DfsmDriver:
                 if w is not None:
                     w.result = a.result
                     w.done.set()
+                    if self.track_answers:
+                        self.answered.append(w)
             elif isinstance(a, Leave):
                 self.leave_requested.set()
 
@@ -87,6 +92,17 @@ class DfsmDriver:
                 return
         self._queued += 1
         self._send_tx.send_nowait(s)
+
+    def fail_answered(self, result: int) -> None:
+        """Change the results of waiters answered since the last flush, before they run
+        (they were only woken; trio runs them after the current task yields)."""
+        for w in self.answered:
+            if w.result >= 0:
+                w.result = result
+        self.answered.clear()
+
+    def fail(self, reason: str) -> None:
+        self._perform(self.dfsm.fail(reason))
 
     def reset(self) -> None:
         """Service (re)initialisation: drop unsent messages, abort waiters (§2.2)."""

@@ -272,6 +272,13 @@ class Dfsm:
         self._out = []
         return out
 
+    def fail(self, reason: str, mode: Mode = Mode.ERROR) -> list[Action]:
+        """An error outside any event (a deferred database write failed): leave the group."""
+        out = self._out = []
+        self._fatal(reason, mode)
+        self._out = []
+        return out
+
     def feed(self, event: Event) -> list[Action]:
         out = self._out = []
         if isinstance(event, Deliver):
