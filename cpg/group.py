@@ -386,6 +386,13 @@ class Cpg(Service):
     @staticmethod
     def _mcast_c(handle: int, buffers: tuple[Buffer, ...], guarantee: int) -> int:
         n = len(buffers)
+        if n == 1:
+            # the common case (pmxcfs sends one buffer): one iovec, no list of keep-alives
+            iov1 = ffi.new("struct iovec *")
+            cbuf = ffi.from_buffer(buffers[0])
+            iov1.iov_base = cbuf
+            iov1.iov_len = len(cbuf)
+            return int(lib.cpg_mcast_joined(handle, guarantee, iov1, 1))
         iov = ffi.new("struct iovec[]", max(n, 1))
         keep = []
         for i, buf in enumerate(buffers):

@@ -1,17 +1,17 @@
 """Group commit: many applied cluster messages, one SQLite transaction.
 
 Every node applies every replicated operation, and one transaction per operation makes the
-SQLite commit (WAL frames, shm locks) the largest share of a delivery's cost. While a cluster
-message is applied inside `deferring()`, its rows are staged; `flush` writes everything staged
-in one transaction. The database therefore always holds a *prefix* of the totally ordered
-operations this node applied, never a gap, so after a crash the node with the highest
-version still has every operation at or below it. The cluster layer flushes before any
-caller on this node is answered (an acknowledged write is on disk on the node that
-acknowledged it, as with the reference) and otherwise within FLUSH_DELAY; an operation from
-a peer that is lost in a crash comes back with the next state transfer.
+SQLite commit (WAL frames, shm locks) the largest share of a delivery's cost. While a
+cluster message is applied with `defer` set (or inside `deferring()`), its rows are staged;
+`flush` writes everything staged in one transaction. The database therefore always holds a
+*prefix* of the totally ordered operations this node applied, never a gap, so after a crash
+the node with the highest version still has every operation at or below it.
 
-Outside `deferring()` (state transfer, local mode) a commit writes what is staged plus its
-own rows at once, so a failure is reported to that caller.
+The cluster layer flushes before any caller on this node is answered (an acknowledged
+write is on disk on the node that acknowledged it, as with the reference) and otherwise
+within FLUSH_DELAY; a peer's operation lost in a crash comes back with the next state
+transfer. Without `defer` (state transfer, local mode) a commit writes what is staged plus
+its own rows at once, so a failure is reported to that caller.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ class GroupCommit:
         self.store = store
         self._rows: dict[int, Row] = {}
         self._deletes: set[int] = set()
-        self._defer = False
+        #: stage instead of writing (set around applying a cluster message)
+        self.defer = False
         self.transactions = 0  # written (for tests and benchmarks)
         self.staged_ops = 0  # operations staged since the start
 
@@ -46,14 +47,14 @@ class GroupCommit:
 
     @contextlib.contextmanager
     def deferring(self) -> Iterator[None]:
-        prev, self._defer = self._defer, True
+        prev, self.defer = self.defer, True
         try:
             yield
         finally:
-            self._defer = prev
+            self.defer = prev
 
     def commit(self, upserts: Sequence[Row], deletes: Sequence[int]) -> None:
-        if self._defer:
+        if self.defer:
             self._stage(upserts, deletes)
             self.staged_ops += 1
             return

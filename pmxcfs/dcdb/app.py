@@ -321,23 +321,25 @@ class DcdbApp:
         try:
             if subtype >= _UNLOCK_REQUEST:
                 msg = codec.decode_unlock(payload)
-                if gc is None:
+                if gc is not None:
+                    gc.defer = True
+                try:
                     out = self._unlock(sender, subtype, mtime, msg, lowest)
-                else:
-                    with gc.deferring():
-                        out = self._unlock(sender, subtype, mtime, msg, lowest)
+                finally:
+                    if gc is not None:
+                        gc.defer = False
             else:
                 op = codec.decode_fuse(payload)
                 # Our own message answers a syscall that is waiting: no cache to invalidate.
                 token = local_request.set(sender == self.local_member)
+                if gc is not None:
+                    gc.defer = True
                 try:
-                    if gc is None:
-                        out = DeliverOutcome(self._apply(sender[0], subtype, mtime, op))
-                    else:
-                        with gc.deferring():
-                            out = DeliverOutcome(self._apply(sender[0], subtype, mtime, op))
+                    out = DeliverOutcome(self._apply(sender[0], subtype, mtime, op))
                 finally:
                     local_request.reset(token)
+                    if gc is not None:
+                        gc.defer = False
         except WireError as exc:
             log.error("dcdb: bad message %d from node %d: %s", subtype, sender[0], exc)
             out = DeliverOutcome(-1, fatal=True)
