@@ -100,6 +100,22 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
+def _cpu_s(pid: int) -> float:
+    """utime + stime of *pid* (all threads) in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _preemptions(pid: int) -> int:
+    """Involuntary context switches of every thread of *pid*."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+            if line.startswith("nonvoluntary_ctxt_switches"):
+                total += int(line.split()[1])
+    return total
+
+
 def _pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
@@ -126,10 +142,27 @@ def bench_real(files: int, writes: int, samples: int, catchup: int) -> None:
             n1.ok("mkdir", path=d)
         rss0 = {pn.name: _rss_kib(pn.daemon_pid) for pn in pc}
 
-        # one writer: create+write of new files, then plain writes to one file
-        dt = timed([(n1, n1.send("burst", prefix="b1/f", count=files, tag="b"))])
-        print(f"one writer, create+write: {files / dt:,.0f} files/s "
-              f"({2 * files / dt:,.0f} replicated ops/s; {files} files in {dt:.2f} s)")  # fmt: skip
+        # one writer: create+write of new files (three rounds: this box is noisy), with the
+        # CPU each process spent per file and how often the daemons were preempted
+        daemons = {pn.name: pn.daemon_pid for pn in pc}
+        procs = dict(daemons)
+        procs.update({f"corosync {pn.name}": pn.node.corosync.pid for pn in pc
+                      if pn.node.corosync is not None})  # fmt: skip
+        rates: list[float] = []
+        for rnd in range(3):
+            cpu0 = {k: _cpu_s(p) for k, p in procs.items()}
+            pre0 = {k: _preemptions(p) for k, p in daemons.items()}
+            dt = timed([(n1, n1.send("burst", prefix=f"b1/r{rnd}f", count=files, tag="b"))])
+            rates.append(files / dt)
+            cpu1 = {k: _cpu_s(p) for k, p in procs.items()}
+            pre1 = {k: _preemptions(p) for k, p in daemons.items()}
+        rate = statistics.median(rates)
+        print(f"one writer, create+write: {rate:,.0f} files/s, median of 3 rounds of {files} "
+              f"({', '.join(f'{r:,.0f}' for r in rates)}; {2 * rate:,.0f} replicated ops/s)")
+        cpu = ", ".join(f"{k} {1000 * (cpu1[k] - cpu0[k]) / files:.2f}" for k in procs)
+        pre = ", ".join(f"{k} {(pre1[k] - pre0[k]) / (2 * files):.1f}" for k in daemons)
+        print(f"  last round, CPU ms per file: {cpu}")
+        print(f"  last round, daemon preemptions per replicated op: {pre}")
         dt = timed([(n1, n1.send("pwrite_loop", path="b1/w", data="x" * 100, count=writes))])
         print(f"one writer, 100-byte writes: {writes / dt:,.0f} writes/s")
 
