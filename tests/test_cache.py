@@ -172,3 +172,43 @@ def test_remote_changes_to_uncached_entries_are_free(inproc: InProcess) -> None:
         inproc.call(inproc.tree.write, f"cold/f{i}.cfg", 0, b"data", 2, 1700000000)
     assert inproc.inval.sent == sent
     assert read(inproc.mount / "cold" / "f7.cfg") == b"data"
+
+
+def test_missing_names_are_cached_until_a_peer_creates_them(inproc: InProcess) -> None:
+    d = inproc.mount / "neg"
+    d.mkdir()
+    for name, make in (("f.cfg", inproc.tree.create), ("sub", inproc.tree.mkdir)):
+        with pytest.raises(FileNotFoundError):
+            os.stat(d / name)
+        before = CountingFs.lookups
+        for _ in range(20):
+            with pytest.raises(FileNotFoundError):
+                os.stat(d / name)
+        assert CountingFs.lookups == before  # the kernel answers from its negative entry
+        inproc.call(make, f"neg/{name}", 2, 1700000000)
+        os.stat(d / name)
+
+
+def test_missing_name_cached_then_renamed_into_place_by_a_peer(inproc: InProcess) -> None:
+    (inproc.mount / "src.cfg").write_bytes(b"moved")
+    with pytest.raises(FileNotFoundError):
+        os.stat(inproc.mount / "dst.cfg")
+    inproc.call(inproc.tree.rename, "src.cfg", "dst.cfg", 2, 1700000000)
+    assert read(inproc.mount / "dst.cfg") == b"moved"
+
+
+def test_missing_name_cached_then_brought_by_a_resync(inproc: InProcess) -> None:
+    from pmxcfs.tree import Tree
+
+    with pytest.raises(FileNotFoundError):
+        os.stat(inproc.mount / "synced.cfg")
+    other = Tree.from_rows([r for r in inproc.tree.rows()])
+    other.create("synced.cfg", 3, 1700000000)
+    other.write("synced.cfg", 0, b"from the leader", 3, 1700000000)
+    rows = other.rows()
+
+    def resync() -> None:
+        inproc.tree.replace_contents(Tree.from_rows(rows))
+
+    inproc.call(resync)
+    assert read(inproc.mount / "synced.cfg") == b"from the leader"

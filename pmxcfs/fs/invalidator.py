@@ -107,7 +107,8 @@ class Invalidator:
                 self._put(("inode", ino, True, 0))
 
     def _reload(self, old_index: dict[int, Entry]) -> None:
-        """After a resync: forget what moved or vanished, and every changed inode."""
+        """After a resync: forget what moved or vanished, every changed inode, and the
+        (negative) entries of names that appeared."""
         index = self._tree().index
         refs = self.refs
         for inode, old in old_index.items():
@@ -119,6 +120,13 @@ class Invalidator:
                 self._put(("entry", fuse_ino(old.parent), name, 0))
             if fuse_ino(inode) in refs and (new is None or new.version != old.version):
                 self._put(("inode", fuse_ino(inode), False, 0))
+        for inode, cur in index.items():
+            prev = old_index.get(inode)
+            if inode and fuse_ino(cur.parent) in refs and (
+                prev is None or prev.parent != cur.parent or prev.name != cur.name
+            ):
+                name = cur.name.encode("utf-8", "surrogateescape")
+                self._put(("entry", fuse_ino(cur.parent), name, 0))
 
     def invalidate_all(self, attr_only: bool = False) -> None:
         """After a quorum flip: every mode the kernel holds is wrong."""

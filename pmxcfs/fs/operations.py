@@ -68,6 +68,9 @@ class Filesystem(pyfuse3.Operations):
         self._next_fh = 1
         self._paged: set[int] = set()  # tree inodes whose pages the kernel may cache
         self._attrs: dict[int, tuple[int, bool, pyfuse3.EntryAttributes]] = {}
+        self._negative = pyfuse3.EntryAttributes()
+        self._negative.st_ino = 0
+        self._negative.entry_timeout = CACHE_TIMEOUT
         backend.tree.listeners.append(self._on_change)
 
     # ------------------------------------------------------------------ attributes
@@ -220,7 +223,9 @@ class Filesystem(pyfuse3.Operations):
         except UnicodeDecodeError:
             child = None
         if child is None:
-            raise FUSEError(errno.ENOENT)
+            # cached by the kernel: PVE tools probe missing files a lot, and every way a
+            # name can appear without a local syscall invalidates the parent's entry
+            return self._negative
         self.inval.ref(child.inode + 1)
         return self._attr_entry(child)
 
