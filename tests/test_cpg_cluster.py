@@ -1,18 +1,35 @@
 """The cpg bindings against a real 3-node corosync cluster (one per module).
 
 Each node runs ``tests/cluster/cpg_agent.py`` processes that join a group and report
-deliveries, confchgs, quorum and cmap changes as JSON lines.
+deliveries, confchgs, quorum and cmap changes as JSON lines.  The ``mcast_direct`` and
+``deliver_handler`` checks at the end run this file itself inside a node.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
-from typing import Any
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
+import trio
 
-from tests.cluster.harness import Cluster, ClusterFactory, JsonProc, Node
+from cpg import (
+    Cpg,
+    CpgConfchg,
+    CpgDeliver,
+    CpgEvent,
+    CpgNotJoined,
+    HandleClosedError,
+    group_name,
+)
+from tests.cluster.harness import REPO_ROOT, Cluster, ClusterFactory, JsonProc, Node
 
 pytestmark = pytest.mark.cluster
 
@@ -273,3 +290,321 @@ def test_client_survives_corosync_restart(c3: Cluster, agents: Callable[..., Jso
     a2.send(op="mcast", data="back")
     d = a1.wait_for(lambda e: e.get("ev") == "deliver" and e["data"] == "back", timeout=30)
     assert (d["nodeid"], d["pid"]) == p2
+
+
+# --------------------------------------------------- mcast_direct and deliver_handler
+#
+# corosync's IPC is only reachable from inside a node, so these checks run there: the
+# test starts ``python -m tests.test_cpg_cluster CHECK ARG...`` in the node (see the
+# end of this file), which prints JSON lines and exits 0 when every assertion held.
+
+T = TypeVar("T")
+
+#: every byte value, NULs included, split over several buffers by the sender
+DIRECT_PAYLOAD = bytes(range(256)) * 4 + b"direct\0end"
+#: what the deliver_handler check multicasts first, in this order; then one message of
+#: max_atomic_msgsize + BIG_EXTRA bytes b"B"
+HANDLER_OWN = [b"direct\0\xff", b"queued"]
+BIG_EXTRA = 7
+
+NODE_CHECKS: dict[str, Callable[..., Awaitable[None]]] = {}
+
+
+def node_check(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    NODE_CHECKS[fn.__name__] = fn
+    return fn
+
+
+def emit(**obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def confchg_json(ev: CpgConfchg) -> dict[str, Any]:
+    return {
+        "members": [list(m) for m in ev.members],
+        "left": [list(m) for m in ev.left],
+        "joined": [list(m) for m in ev.joined],
+    }
+
+
+def text(payload: bytes) -> str:
+    """How cpg_agent reports a payload."""
+    return payload.decode("utf-8", "backslashreplace")
+
+
+async def next_event(c: Cpg, kind: type[T], timeout: float = 10.0) -> T:
+    with trio.fail_after(timeout):
+        while True:
+            ev = await c.receive()
+            if isinstance(ev, kind):
+                return ev
+
+
+async def wait_view(c: Cpg, n: int, timeout: float = 30.0) -> CpgConfchg:
+    with trio.fail_after(timeout):
+        while True:
+            ev = await next_event(c, CpgConfchg, timeout)
+            if len(ev.members) == n:
+                return ev
+
+
+def must_raise(exc: type[BaseException], fn: Callable[[], object]) -> None:
+    try:
+        fn()
+    except exc:
+        return
+    raise AssertionError(f"did not raise {exc.__name__}")
+
+
+@node_check
+async def direct_roundtrip(group: str, members: str) -> None:
+    async with trio.open_nursery() as nursery:
+        c = Cpg()
+        nursery.start_soon(c.run)
+        await c.join(group, include_nul=True)
+        await wait_view(c, int(members))
+        p = DIRECT_PAYLOAD
+        # sent by the call itself: nothing else runs between it and the delivery
+        assert c.mcast_direct(p[:100], memoryview(p)[100:600], bytearray(p[600:])) is True
+        d = await next_event(c, CpgDeliver)
+        assert d.group == group_name(group, include_nul=True)
+        assert (d.nodeid, d.pid) == (c.nodeid, os.getpid())
+        assert d.payload == p
+        assert c.try_again_count == 0
+        c.finalize()
+        nursery.cancel_scope.cancel()
+
+
+@node_check
+async def direct_refusals(group: str) -> None:
+    async with trio.open_nursery() as nursery:
+        c = Cpg()
+        nursery.start_soon(c.run)
+        await c.join(group, include_nul=True)
+        await wait_view(c, 1)
+        atomic = c.max_atomic_msgsize()
+        over = os.urandom(atomic + 1)
+        # too big for one non-blocking call: refused, nothing sent
+        assert c.mcast_direct(over) is False
+        assert c.mcast_direct(over[:1000], memoryview(over)[1000:]) is False  # the total
+        # a send queued on the handle goes first: refused, nothing sent
+        async with c._io_lock:
+            assert c.mcast_direct(b"while-queued") is False
+        assert c.try_again_count == 0
+        # none of the refused messages went out: the next one is the first delivery
+        assert c.mcast_direct(b"marker") is True
+        assert (await next_event(c, CpgDeliver)).payload == b"marker"
+        await c.mcast(over)
+        d = await next_event(c, CpgDeliver, 30)
+        assert (d.nodeid, d.pid, d.payload) == (c.nodeid, os.getpid(), over)
+        # exactly max_atomic_msgsize is one atomic message (libcpg fragments above it)
+        exact = os.urandom(atomic)
+        assert c.mcast_direct(exact) is True
+        assert (await next_event(c, CpgDeliver)).payload == exact
+        # while a fragmented send runs in its worker thread
+        huge = os.urandom(2 * atomic + 1)
+        nursery.start_soon(c.mcast, huge)
+        with trio.fail_after(10):
+            while not c._thread_busy:
+                await trio.sleep(0)
+        assert c.mcast_direct(b"during") is False
+        assert (await next_event(c, CpgDeliver, 30)).payload == huge
+        assert c.mcast_direct(b"after") is True
+        assert (await next_event(c, CpgDeliver)).payload == b"after"
+        c.finalize()
+        nursery.cancel_scope.cancel()
+
+
+@node_check
+async def direct_unjoined(group: str) -> None:
+    c = Cpg()
+    must_raise(CpgNotJoined, lambda: c.mcast_direct(b"early"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(c.run)
+        await c.join(group, include_nul=True)
+        await wait_view(c, 1)
+        assert c.mcast_direct(b"joined") is True
+        assert (await next_event(c, CpgDeliver)).payload == b"joined"
+        await c.leave()
+        must_raise(CpgNotJoined, lambda: c.mcast_direct(b"after-leave"))
+        c.finalize()
+        must_raise(HandleClosedError, lambda: c.mcast_direct(b"after-finalize"))
+        nursery.cancel_scope.cancel()
+
+
+@node_check
+async def direct_try_again(group: str) -> None:
+    """corosync stopped (SIGSTOP): its IPC fills, then TRY_AGAIN answers False at once."""
+    pid = int(Path("/run/corosync.pid").read_text().split()[0])
+    async with trio.open_nursery() as nursery:
+        c = Cpg()
+        nursery.start_soon(c.run)
+        await c.join(group, include_nul=True)
+        await wait_view(c, 1)
+        chunk = b"t" * 60000
+        sent = 0
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            while True:
+                before = c.try_again_count
+                t0 = time.monotonic()
+                ok = c.mcast_direct(chunk, b"%08d" % sent)
+                assert time.monotonic() - t0 < 0.5  # never blocks
+                if not ok:
+                    break
+                sent += 1
+                assert sent < 10000, "corosync never pushed back"
+            assert c.try_again_count == before + 1
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert sent > 0
+        await c.mcast(b"final")
+        # every accepted message arrives in order; the refused one never does
+        for i in range(sent):
+            d = await next_event(c, CpgDeliver, 30)
+            assert d.payload == chunk + b"%08d" % i, (d.payload[-8:], i)
+        assert (await next_event(c, CpgDeliver, 30)).payload == b"final"
+        c.finalize()
+        nursery.cancel_scope.cancel()
+
+
+@node_check
+async def deliver_handler_events(group: str) -> None:
+    """Deliveries reach the handler as (nodeid, pid, bytes); confchgs stay in receive()."""
+    got: list[tuple[int, int, bytes]] = []
+
+    def on_deliver(nodeid: int, pid: int, payload: bytes) -> None:
+        assert type(payload) is bytes
+        got.append((nodeid, pid, payload))
+
+    async with trio.open_nursery() as nursery:
+        c = Cpg(deliver_handler=on_deliver)
+        nursery.start_soon(c.run)
+        emit(ev="ready", nodeid=c.nodeid, pid=os.getpid())
+        await c.join(group, include_nul=True)
+        emit(ev="confchg", **confchg_json(await wait_view(c, 2)))
+        assert c.mcast_direct(HANDLER_OWN[0]) is True
+        await c.mcast(HANDLER_OWN[1])
+        await c.mcast(b"B" * (c.max_atomic_msgsize() + BIG_EXTRA))  # fragmented, threaded
+        with trio.fail_after(30):
+            while len(got) < 4:  # our three and the peer's one
+                await trio.sleep(0.01)
+        emit(ev="delivered", msgs=[[n, p, text(d), len(d)] for n, p, d in got])
+        assert c.pending == 0, "a delivery was queued instead of handed to the handler"
+        with trio.fail_after(30):
+            ev = await c.receive()  # the peer leaving
+        assert isinstance(ev, CpgConfchg), ev
+        emit(ev="confchg", **confchg_json(ev))
+        assert len(got) == 4
+        c.finalize()
+        nursery.cancel_scope.cancel()
+
+
+@node_check
+async def deliver_handler_with_handler(group: str) -> None:
+    """With both handlers, confchgs go to *handler* and deliveries only to the other."""
+    events: list[CpgEvent] = []
+    got: list[tuple[int, int, bytes]] = []
+
+    def on_deliver(nodeid: int, pid: int, payload: bytes) -> None:
+        got.append((nodeid, pid, payload))
+
+    async with trio.open_nursery() as nursery:
+        c = Cpg(handler=events.append, deliver_handler=on_deliver)
+        nursery.start_soon(c.run)
+        await c.join(group, include_nul=True)
+        with trio.fail_after(10):
+            while not events:
+                await trio.sleep(0.01)
+        assert c.mcast_direct(b"one") is True
+        await c.mcast(b"two")
+        with trio.fail_after(10):
+            while len(got) < 2:
+                await trio.sleep(0.01)
+        me = (c.nodeid, os.getpid())
+        assert got == [(*me, b"one"), (*me, b"two")]
+        assert len(events) == 1, events  # the join; no CpgDeliver
+        view = events[0]
+        assert isinstance(view, CpgConfchg) and view.joined[0][:2] == me, view
+        assert c.pending == 0
+        c.finalize()
+        nursery.cancel_scope.cancel()
+
+
+def node_argv(check: str, *args: str) -> list[str]:
+    return [sys.executable, "-u", "-m", "tests.test_cpg_cluster", check, *args]
+
+
+def run_in_node(node: Node, check: str, *args: str) -> list[Event]:
+    res = node.run(node_argv(check, *args), check=False, timeout=90, cwd=str(REPO_ROOT))
+    assert res.returncode == 0, f"{check} failed in {node.name}:\n{res.stdout}\n{res.stderr}"
+    events = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert events and events[-1] == {"ev": "ok", "check": check}, res.stdout
+    return events
+
+
+def test_mcast_direct_sends_at_once_with_identical_bytes(
+    c3: Cluster, agents: Callable[..., JsonProc]
+) -> None:
+    peer = agents(c3[2], "--group", "direct_test")
+    peer.wait_for("joined")
+    run_in_node(c3[1], "direct_roundtrip", "direct_test", "2")
+    # the other member got the same bytes from node1
+    d = peer.wait_for(lambda e: e.get("ev") == "deliver" and e["nodeid"] == c3[1].nodeid)
+    assert d["len"] == len(DIRECT_PAYLOAD) and d["data"] == text(DIRECT_PAYLOAD)
+    assert d["group"] == b"direct_test\0".hex()
+
+
+def test_mcast_direct_refuses_big_or_queued_messages_without_sending(c3: Cluster) -> None:
+    run_in_node(c3[1], "direct_refusals", "direct_big")
+
+
+def test_mcast_direct_needs_a_joined_handle(c3: Cluster) -> None:
+    run_in_node(c3[1], "direct_unjoined", "direct_unjoined")
+
+
+def test_mcast_direct_returns_false_on_try_again(c3: Cluster) -> None:
+    run_in_node(c3[1], "direct_try_again", "direct_tryagain")
+
+
+def test_deliver_handler_gets_deliveries_and_confchgs_stay_events(
+    c3: Cluster, agents: Callable[..., JsonProc]
+) -> None:
+    group = "handler_test"
+    peer = agents(c3[2], "--group", group)
+    p2 = me(peer)
+    peer.wait_for("joined")
+    script = c3[1].spawn_json(node_argv("deliver_handler_events", group), name="node1-handler")
+    try:
+        ready = script.wait_for("ready")
+        p1 = (ready["nodeid"], ready["pid"])
+        view = script.wait_for("confchg", timeout=30)
+        assert ids(view["members"]) == {p1, p2}
+        peer.send(op="mcast", data="from-node2")
+        got = script.wait_for("delivered", timeout=60)["msgs"]
+        assert p1[0] == c3[1].nodeid
+        own = [(m[2], m[3]) for m in got if (m[0], m[1]) == p1]
+        assert own[:2] == [(text(b), len(b)) for b in HANDLER_OWN] and len(own) == 3
+        assert own[2][1] > BIG_EXTRA and own[2][0] == "B" * own[2][1]
+        assert [m for m in got if (m[0], m[1]) != p1] == [[*p2, "from-node2", 10]]
+        # same total order as the peer, which got the events the usual way
+        seen = peer.wait_count(lambda e: e.get("ev") == "deliver", 4, timeout=30)
+        assert [[e["nodeid"], e["pid"], e["data"], e["len"]] for e in seen] == got
+        # a membership change still arrives through receive()
+        peer.send(op="leave")
+        left = script.wait_for(lambda e: e.get("ev") == "confchg" and e["left"], timeout=30)
+        assert left["left"] == [[*p2, LEAVE]] and ids(left["members"]) == {p1}
+        assert script.wait_for("ok", timeout=30)["check"] == "deliver_handler_events"
+        assert script.popen.wait(timeout=10) == 0
+    finally:
+        script.close()
+
+
+def test_deliver_handler_next_to_a_handler(c3: Cluster) -> None:
+    run_in_node(c3[1], "deliver_handler_with_handler", "handler_pair")
+
+
+if __name__ == "__main__":
+    trio.run(NODE_CHECKS[sys.argv[1]], *sys.argv[2:])
+    emit(ev="ok", check=sys.argv[1])
