@@ -469,6 +469,10 @@ def test_sigkill_mid_burst_loses_no_acknowledged_write(pc: PveCluster) -> None:
     assert not res["ok"], "the burst finished before the kill: make it longer"
     acked = {e["path"]: e["sha"] for e in n3.agent.events("ack", start) if e["id"] == rid}
     assert len(acked) >= 40
+    # group commit: what node3 acknowledged is in node3's own database, though it died
+    on_disk = db_files(n3)
+    missing = [p for p, h in acked.items() if on_disk.get(p) != h]
+    assert not missing, f"node3's config.db lacks its acknowledged writes: {missing[:5]}"
     # the survivors already have every write node3 acknowledged (agreed order, own delivery)
     for pn in (n1, n2):
         snap = pn.snapshot("t6")
@@ -485,6 +489,26 @@ def test_sigkill_mid_burst_loses_no_acknowledged_write(pc: PveCluster) -> None:
     assert len(extra) <= 1, extra
     n3.write("t6/after-crash", "ok\n")
     expect_file(pc, "t6/after-crash", b"ok\n")
+
+
+def db_files(pn: PveNode) -> dict[str, str]:
+    """path -> sha256 of every file in a copy of the node's config.db (WAL included)."""
+    from pmxcfs.storage import Database
+
+    tmp = Path(pn.pc.cluster.tmpdir) / f"dbcopy-{secrets.token_hex(3)}"
+    tmp.mkdir()
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            src = pn.db_dir / f"config.db{suffix}"
+            if src.exists():
+                shutil.copy(src, tmp / f"config.db{suffix}")
+        db, tree = Database.open(str(tmp / "config.db"))
+        try:
+            return {p: sha(e.data) for p, e in tree.walk() if not e.is_dir}
+        finally:
+            db.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- 7. divergence

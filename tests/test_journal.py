@@ -245,3 +245,22 @@ def test_failed_flush_answers_eio_and_leaves_in_error(tmp_path: Path) -> None:
 
     trio.run(main)
     db.close()
+
+
+def test_shutdown_writes_what_is_staged(tmp_path: Path) -> None:
+    svc, db, _sent = _services(tmp_path)
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            n.start_soon(svc.run_flusher)
+            await trio.testing.wait_all_tasks_blocked()
+            msg = codec.encode_normal(Subtype.CREATE, 1, 5, 100, FuseOp(b"late.cfg").encode())
+            svc.driver.deliver(2, 4242, msg)
+            svc._after_dispatch()
+            assert svc.journal.staged
+            n.cancel_scope.cancel()  # the daemon stops before FLUSH_DELAY has passed
+        assert not svc.journal.staged
+
+    trio.run(main)
+    assert "late.cfg" in {r[6] for r in _rows(tmp_path / "config.db")}
+    db.close()
