@@ -28,6 +28,8 @@ from .dfsm.codec import DCDB_PROTOCOL_VERSION
 from .dfsm.driver import DfsmDriver
 from .dfsm.machine import DEFAULT_VERIFY_INTERVAL, ConfChg, Deliver, Dfsm, Mode, Tick
 from .journal import FLUSH_DELAY, GroupCommit
+from .kvstore.service import KvstoreService
+from .status.clusterlog import ClusterLog
 from .status.state import ClusterStatus, NodeInfo
 from .tree import Change, Op, Tree
 
@@ -45,7 +47,7 @@ class ClusterOptions:
     sync_marker_path: str | None = os.path.join(DB_DIR, ".pmxcfs-synced")
     verify_interval: float | None = DEFAULT_VERIFY_INTERVAL
     restart_delay: float = RESTART_DELAY
-    online_from_dcdb: bool = True  # online flags from dcdb membership (no kvstore group here)
+    online_from_dcdb: bool = True  # only without the kvstore group (which sets them, §5.2)
     cfgtool: tuple[str, ...] = ("corosync-cfgtool", "-R")
 
 
@@ -111,7 +113,9 @@ class ClusterServices:
         status: ClusterStatus,
         nodename: str,
         options: ClusterOptions,
+        kvstore: KvstoreService | None = None,
     ) -> None:
+        self.kvstore = kvstore
         self.tree = tree
         self.status = status
         self.nodename = nodename
@@ -125,6 +129,7 @@ class ClusterServices:
             lost_found_dir=options.lost_found_dir,
             marker=SyncMarker(options.sync_marker_path),
             group_commit=self.journal,
+            cluster_log=self._cluster_log if kvstore is not None else None,
         )
         self.dfsm = Dfsm(
             0,
@@ -158,7 +163,7 @@ class ClusterServices:
                     tuple((a.nodeid, a.pid) for a in ev.joined),
                 )
             )
-            if self.options.online_from_dcdb and self.dfsm.we_are_member:
+            if self.options.online_from_dcdb and self.kvstore is None and self.dfsm.we_are_member:
                 self.status.set_online({m[0] for m in members})
 
     async def run_dcdb(self) -> None:
@@ -204,6 +209,11 @@ class ClusterServices:
                 cpg.finalize()
                 self.driver.disconnect()
             await trio.sleep(self.options.restart_delay)
+
+    def _cluster_log(self, msg: str) -> None:
+        """What the cluster should see (lost+found saves): a warning in the cluster log."""
+        if self.kvstore is not None:
+            self.kvstore.log("root", "pmxcfs", 4, msg)
 
     # ------------------------------------------------------------------ group commit
 
@@ -357,6 +367,8 @@ class ClusterServices:
         nursery.start_soon(self.run_quorum)
         nursery.start_soon(self.run_cmap)
         nursery.start_soon(self.run_dcdb)
+        if self.kvstore is not None:
+            nursery.start_soon(self.kvstore.run)
         nursery.start_soon(self.run_timer)
         nursery.start_soon(self.run_flusher)
 
@@ -371,6 +383,8 @@ async def start_cluster(
     *,
     options: ClusterOptions | None = None,
     on_services: Callable[[ClusterServices], None] | None = None,
+    clog: ClusterLog | None = None,
+    node_ip: str | None = None,
 ) -> ClusterBackend:
     """Start cluster mode in `nursery`; returns the backend at once (quorum starts false).
 
@@ -378,7 +392,13 @@ async def start_cluster(
     daemon's convenience and future use).
     """
     status.set_quorate(False)
-    services = ClusterServices(tree, status, nodename, options or ClusterOptions())
+    options = options or ClusterOptions()
+    kvstore = None
+    if clog is not None and node_ip is not None:  # the status group: online flags, IPs, log
+        kvstore = KvstoreService(
+            status, clog, nodename, node_ip, restart_delay=options.restart_delay
+        )
+    services = ClusterServices(tree, status, nodename, options, kvstore)
     services.start(nursery)
     if on_services is not None:
         on_services(services)

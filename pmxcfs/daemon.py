@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyfuse3
 import trio
@@ -36,7 +36,7 @@ from .runtime import (
     write_pid_file,
 )
 from .status.clusterlog import ClusterLog
-from .status.render import RrdTable, render_members, render_version, render_vmlist
+from .status.render import render_members, render_rrd, render_version, render_vmlist
 from .status.state import ClusterStatus
 from .storage import Database, DatabaseError
 from .tree import Change, Op, Tree, TreeError
@@ -72,7 +72,6 @@ class Daemon:
     clog: ClusterLog
     cluster_mode: bool
     ready: ReadyPipe
-    rrd: RrdTable = field(default_factory=RrdTable)
 
     @property
     def restart_flag(self) -> str:
@@ -83,8 +82,8 @@ class Daemon:
         ns.add_generated(".version", lambda: render_version(self.status, self.tree.vmlist).encode())
         ns.add_generated(".members", lambda: render_members(self.status).encode())
         ns.add_generated(".vmlist", lambda: render_vmlist(self.tree.vmlist).encode())
-        ns.add_generated(".rrd", lambda: self.rrd.dump().encode())
-        ns.add_generated(".clusterlog", lambda: self.clog.dump().encode())
+        ns.add_generated(".rrd", lambda: render_rrd(self.status).encode())
+        ns.add_generated(".clusterlog", self.clog.dump_bytes)
         ns.add_generated(
             ".debug",
             lambda: b"1\n" if pmxlog.is_debug() else b"0\n",
@@ -149,7 +148,14 @@ class Daemon:
             sync_marker_path=os.path.join(self.opts.db_dir, ".pmxcfs-synced"),
         )
         backend: Backend = await start_cluster(
-            nursery, self.tree, self.db, self.status, self.nodename, options=options
+            nursery,
+            self.tree,
+            self.db,
+            self.status,
+            self.nodename,
+            options=options,
+            clog=self.clog,
+            node_ip=self.node_ip,
         )
         return backend
 

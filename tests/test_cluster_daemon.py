@@ -171,6 +171,20 @@ def writable_everywhere(pc: PveCluster, tag: str, timeout: float = 60.0) -> None
 # ---------------------------------------------------------------------------- 1. operations
 
 
+def test_members_show_every_node_online_with_its_ip(pc: PveCluster) -> None:
+    """Online flags and IPs come from the status group (pve_kvstore_v1), as on C nodes."""
+    want = {pn.name: pn.node.addr for pn in pc}
+
+    def complete(pn: PveNode) -> dict[str, Any] | None:
+        nodes: dict[str, Any] = pn.members().get("nodelist", {})
+        ok = all(nodes.get(k, {}).get("ip") == ip for k, ip in want.items())
+        return nodes if ok else None
+
+    for pn in pc:
+        nodes = wait_until(f"{pn.name} shows every node's IP", lambda pn=pn: complete(pn))
+        assert all(nodes[k]["online"] == 1 for k in want), nodes
+
+
 def test_every_operation_replicates(pc: PveCluster) -> None:
     n1, n2, n3 = pc[1], pc[2], pc[3]
     n1.ok("mkdir", path="t1")
@@ -406,6 +420,9 @@ def expect_file(pc: PveCluster, path: str, data: bytes, timeout: float = 20.0) -
 # ---------------------------------------------------------------------------- 5. restart
 
 
+BURST = 1200  # per writer: long enough to outlast node1's restart and sync
+
+
 def test_restarted_daemon_catches_up(pc: PveCluster) -> None:
     # node1: the lowest node id, i.e. the sync coordinator, goes away and comes back
     n1, n2, n3 = pc[1], pc[2], pc[3]
@@ -434,17 +451,17 @@ def test_restarted_daemon_catches_up(pc: PveCluster) -> None:
     for pn in (n2, n3):
         assert pn.agent is not None
         mark = pn.agent.mark()
-        rid = pn.send("burst", prefix=f"t5/{pn.name}-", count=400, tag=pn.name, acks=True)
+        rid = pn.send("burst", prefix=f"t5/{pn.name}-", count=BURST, tag=pn.name, acks=True)
         pn.agent.wait_count(ack_of(rid), 10, start=mark, timeout=30)
         bursts.append((pn, rid))
-        for i in range(400):
+        for i in range(BURST):
             name = f"t5/{pn.name}-{i}"
             want[name] = f"{pn.name}:{name}:{i}\n".encode()
     n1.start_daemon()
     mounted = time.monotonic()
     for pn, rid in bursts:
         res = pn.result(rid, timeout=180)
-        assert res["ok"] and res["value"] == 400, res
+        assert res["ok"] and res["value"] == BURST, res
         assert res["t1"] > mounted + 1.0, "the writes ended before node1 was back: make more"
     pc.wait_ready(timeout=60)
     expect(pc, "t5", want, timeout=60)

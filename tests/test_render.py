@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from pmxcfs.status.clusterlog import ClusterLog, LogEntry, clean_message
-from pmxcfs.status.render import RrdTable, render_members, render_version, render_vmlist
-from pmxcfs.status.state import ClusterStatus, NodeInfo
+from pmxcfs.status.clusterlog import ClusterLog, clean_message, make_entry
+from pmxcfs.status.render import (
+    RrdTable,
+    render_members,
+    render_rrd,
+    render_version,
+    render_vmlist,
+)
+from pmxcfs.status.state import ClusterStatus, KvStore, NodeInfo
 from pmxcfs.vmlist import VmInfo, VmList
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
@@ -75,7 +81,13 @@ def test_version_matches_reference(snap: dict[str, str]) -> None:
         st.path_versions[p] = doc[p]
     kv = doc["kvstore"]
     st.nodes = {i: NodeInfo(n, i) for i, n in enumerate(kv, 1)}
-    st.kvstore = {n: dict(v) for n, v in kv.items()}
+    for node in st.nodes.values():
+        store = st.kv if node.name == snap["node"] else KvStore()
+        for key, version in kv[node.name].items():
+            for n in range(version + 1):
+                store.put(key.encode(), b"v%d" % n)
+        if node.name != snap["node"]:
+            node.kv = store
     vl = VmList()
     vl.version = doc["vmlist"]
     assert render_version(st, vl) == snap["text"]
@@ -95,12 +107,12 @@ def test_version_local_sample_shape() -> None:
 def test_clusterlog_matches_reference(snap: dict[str, str]) -> None:
     doc = json.loads(snap["text"])
     log = ClusterLog(snap["node"])
-    for e in doc["data"]:
-        msg = clean_message(e["msg"].encode())
-        log.entries.append(
-            LogEntry(e["uid"], e["time"], e["pri"], e["tag"], e["pid"], e["node"], e["user"], msg)
-        )
+    for e in reversed(doc["data"]):  # the dump shows the newest inserted first
+        entry = make_entry(e["uid"], e["time"], e["node"].encode(), e["user"].encode(),
+                           e["tag"].encode(), e["pid"], e["pri"], e["msg"].encode())  # fmt: skip
+        assert log.insert(entry)
     assert log.dump() == snap["text"]
+    assert log.dump_bytes() == snap["text"].encode()
 
 
 def test_clusterlog_message_cleaning() -> None:
@@ -120,3 +132,11 @@ def test_rrd_dump_drops_old_entries() -> None:
     t.update("pve2-storage/n1/local", "4:5:6", now=1200)
     assert t.dump(now=1301) == "pve2-storage/n1/local:4:5:6\n"
     assert t.dump(now=2000) == ""
+
+
+def test_rrd_render_from_status() -> None:
+    st = ClusterStatus("n1", clock=lambda: 1000.0)
+    assert st.set_local(b"rrd/pve2-node/n1", b"1:2:3\x00")
+    assert st.set_local(b"rrd/pve2-storage/n1/local", b"4:5\x00")
+    assert render_rrd(st, now=1300) == "pve2-node/n1:1:2:3\npve2-storage/n1/local:4:5\n"
+    assert render_rrd(st, now=1301) == ""

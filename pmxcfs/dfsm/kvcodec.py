@@ -7,6 +7,7 @@ checked at the byte level and so that a receiver never indexes past a hostile bu
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -98,7 +99,7 @@ class LogEntry:
         )
 
 
-def decode_log_entry(buf: bytes, offset: int = 0, limit: int | None = None) -> LogEntry:
+def decode_log_entry(buf: bytes | bytearray, offset: int = 0, limit: int | None = None) -> LogEntry:
     """Parse one entry at offset; with limit=None the entry must fill buf exactly (wire form)."""
     end = len(buf) if limit is None else limit
     if end - offset < LOG_FIXED:
@@ -146,26 +147,34 @@ class ClogState:
         return bytes(buf)
 
 
-def decode_clog(payload: bytes) -> ClogState:
-    """Walk a ring from newest to oldest with bounds checks; return entries oldest first."""
+def iter_clog(payload: bytes | bytearray) -> Iterator[tuple[int, LogEntry]]:
+    """Walk a ring newest to oldest (status-ipc §3.3): (offset, entry) pairs.
+
+    Bounds-checked where C is not: raises WireError at the first offset or entry that leaves
+    the buffer, is malformed, or loops; everything yielded before that is sound.
+    """
     if len(payload) <= 8:
         raise WireError(f"clog state too short ({len(payload)})")
     size, cpos = CLOG_HEADER.unpack_from(payload)
     if size != len(payload):
         raise WireError(f"clog size field {size} != payload length {len(payload)}")
-    out: list[LogEntry] = []
     pos = cpos
     seen = 0
     while pos != 0 and (pos <= cpos or pos > cpos + LOG_MAX):
         if pos < 8 or pos + LOG_FIXED > size:
             raise WireError(f"clog entry offset {pos} out of bounds")
         e = decode_log_entry(payload, pos, min(size, pos + LOG_MAX))
-        out.append(e)
         seen += 1
         if seen > size // LOG_FIXED:
             raise WireError("clog entry chain loops")
+        yield pos, e
         if e.prev == 0 or pos < e.prev <= cpos:
-            break
+            return
         pos = e.prev
+
+
+def decode_clog(payload: bytes) -> ClogState:
+    """Walk a ring from newest to oldest with bounds checks; return entries oldest first."""
+    out = [e for _pos, e in iter_clog(payload)]
     out.reverse()
-    return ClogState(size, tuple(out))
+    return ClogState(len(payload), tuple(out))

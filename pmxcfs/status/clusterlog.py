@@ -1,103 +1,338 @@
-"""The cluster log kept by every node: entries, the reference's message cleaning and its dump.
+"""The cluster log: the reference's byte ring, its dedup, sync merge and JSON dump (status-ipc §3).
 
-The local ring starts with one unbroadcast entry ("starting cluster log"); the kvstore group
-(cluster mode) adds remote entries and merges at sync.
+The log is kept as the same fixed-size ring C uses (not as a list) because which entries
+survive, the STATE blob peers receive and the dump order (newest *inserted* first; sorted
+only after a merge) must be what C peers have. Local entries are created here (message
+cleaning and truncation, §3.2); remote ones arrive through the kvstore group (§3.5, §3.6).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+import struct
 import time
-from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 
-MAX_ENTRIES = 1024  # the ring holds far more than the 50 shown; bounded so memory is too
-_FIELD_MAX = 254
+from ..dfsm.codec import WireError
+from ..dfsm.kvcodec import CLOG_HEADER, LOG_FIXED, LOG_MAX, ClogState, LogEntry, iter_clog
+
+__all__ = ["CLOG_SIZE", "ClusterLog", "LogEntry", "clean_message", "compare", "fnv1a64"]
+
+log = logging.getLogger("pmxcfs.clusterlog")
+
+CLOG_SIZE = 131072  # 8192 * 16, the C default; also the STATE blob size
+MERGE_LIMIT = CLOG_SIZE - 8 - LOG_MAX  # §3.6: stop merging once this many bytes were taken
+DEFAULT_MAX = 50
+_FIELD_MAX = 254  # node, ident and tag: 254 bytes plus NUL
+_U32 = 0xFFFFFFFF
+_U64 = 0xFFFFFFFFFFFFFFFF
+_NEXT = struct.Struct("<I")
+
+Identity = tuple[int, int, int]  # (time, node_digest, uid): "the same entry" (§3.4)
 
 
-@dataclass(slots=True, frozen=True)
-class LogEntry:
-    uid: int
-    time: int
-    pri: int
-    tag: str
-    pid: int
-    node: str
-    ident: str
-    msg: str
+def fnv1a64(data: bytes) -> int:
+    """FNV-1a 64: the node/ident digests every C peer compares entries by."""
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & _U64
+    return h
 
 
-def clean_message(raw: bytes) -> str:
-    """The origin-side conversion C peers rely on: they print msg raw into JSON."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        out = []
-        for b in raw:
-            if b == 0x22:
-                out.append('\\"')
-            elif b < 32:
-                out.append(f"#{b:03d}")
-            elif b < 127:
-                out.append(chr(b))
-            else:
-                out.append("?")
-        return "".join(out)
-    out = []
+def _i32(x: int) -> int:
+    x &= _U32
+    return x - 0x100000000 if x & 0x80000000 else x
+
+
+def compare(a: LogEntry, b: LogEntry) -> int:
+    """§3.4 order with C's comparator: each field's difference truncated to int32."""
+    if a.time != b.time:
+        return _i32(a.time - b.time)
+    if a.node_digest != b.node_digest:
+        return _i32(a.node_digest - b.node_digest)
+    return _i32(a.uid - b.uid)
+
+
+_SORT_KEY = functools.cmp_to_key(compare)
+
+
+def identity(e: LogEntry) -> Identity:
+    return (e.time, e.node_digest, e.uid)
+
+
+# ---------------------------------------------------------------------------- messages
+
+
+def _pieces_utf8(text: str) -> Iterator[str]:
     for ch in text:
         cp = ord(ch)
         if ch == '"':
-            out.append('\\"')
+            yield '\\"'
         elif cp < 0x20 or cp == 0x7F:
-            out.append(f"#{cp:03d}")
+            yield f"#{cp:03d}"
         elif cp < 0x7F:
-            out.append(ch)
+            yield ch
         elif cp <= 0xFFFF:
-            out.append(f"\\u{cp:04x}")
+            yield f"\\u{cp:04x}"
+        # above U+FFFF: dropped
+
+
+def _pieces_bytes(raw: bytes) -> Iterator[str]:
+    for b in raw:
+        if b == 0x22:
+            yield '\\"'
+        elif b < 32:
+            yield f"#{b:03d}"
+        elif b < 127:
+            yield chr(b)
+        else:
+            yield "?"
+
+
+def clean_message(raw: bytes, limit: int | None = None, cap: int | None = None) -> str:
+    """The origin-side conversion C peers rely on (they print msg raw into JSON).
+
+    Conversion stops once the output reaches `limit` chars (an escape begun is finished, as in
+    C); `cap` is a hard bound no piece may cross, so the entry never exceeds 4096 bytes.
+    """
+    try:
+        pieces = _pieces_utf8(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        pieces = _pieces_bytes(raw)
+    out: list[str] = []
+    n = 0
+    for p in pieces:
+        if limit is not None and n >= limit:
+            break
+        if cap is not None and n + len(p) > cap:
+            break
+        out.append(p)
+        n += len(p)
     return "".join(out)
 
 
-class ClusterLog:
-    __slots__ = ("_uid", "entries", "nodename")
+def _field(value: str | bytes) -> bytes:
+    raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+    return raw.split(b"\x00", 1)[0][:_FIELD_MAX]
 
-    def __init__(self, nodename: str) -> None:
+
+def make_entry(
+    uid: int, when: int, node: bytes, ident: bytes, tag: bytes, pid: int, pri: int, msg: bytes
+) -> LogEntry:
+    """One entry as C builds it: digests over the NUL-terminated strings, msg cleaned to fit."""
+    fixed = len(node) + len(ident) + len(tag) + 3  # the three lengths with their NULs
+    soft = LOG_MAX - 44 - fixed - 7  # §3.2: B - 7
+    cap = LOG_MAX - LOG_FIXED - fixed - 1  # entry <= 4096 with msg's NUL
+    text = clean_message(msg, soft, cap).encode("ascii")
+    return LogEntry(
+        uid & _U32,
+        when & _U32,
+        fnv1a64(node + b"\x00"),
+        fnv1a64(ident + b"\x00"),
+        pid & _U32,
+        pri,
+        node,
+        ident,
+        tag,
+        text,
+    )
+
+
+# ---------------------------------------------------------------------------- the ring
+
+
+def _walk(buf: bytes | bytearray, who: str) -> Iterator[tuple[int, LogEntry]]:
+    """Newest-first entries of a ring; a broken chain is logged and ends the walk there."""
+    try:
+        yield from iter_clog(buf)
+    except WireError as exc:
+        log.error("cluster log of %s: %s - ignoring the older entries", who, exc)
+
+
+class _Ring:
+    """C's clog buffer: {u32 size, u32 cpos} then 8-byte aligned entries linked by prev/next."""
+
+    __slots__ = ("buf", "cpos", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.buf = bytearray(size)
+        self.cpos = 0
+        CLOG_HEADER.pack_into(self.buf, 0, size, 0)
+
+    def append(self, e: LogEntry) -> None:
+        """§3.3 allocation: after the newest entry, or wrapped to offset 8 (older ones lost)."""
+        real = (e.size + 7) & ~7
+        if self.cpos == 0:
+            pos = 8
+        else:
+            pos = _NEXT.unpack_from(self.buf, self.cpos + 4)[0]
+            if pos + real >= self.size:
+                pos = 8
+        self.buf[pos : pos + e.size] = e.encode(self.cpos, pos + real)
+        self.cpos = pos
+        CLOG_HEADER.pack_into(self.buf, 0, self.size, pos)
+
+    def walk(self) -> Iterator[tuple[int, LogEntry]]:
+        if self.cpos == 0:
+            return iter(())
+        return _walk(self.buf, "the local ring")
+
+
+def valid_state(blob: bytes) -> bool:
+    """§2.4: a STATE blob is taken if it is longer than 8 bytes and its size field says so."""
+    return len(blob) > 8 and CLOG_HEADER.unpack_from(blob)[0] == len(blob)
+
+
+# ---------------------------------------------------------------------------- the log
+
+
+class ClusterLog:
+    """One node's cluster log; `clock` gives "now" (seconds) for local entries."""
+
+    __slots__ = ("_clock", "_dedup", "_ring", "_uid", "nodename")
+
+    def __init__(
+        self, nodename: str, *, clock: Callable[[], float] = time.time, size: int = CLOG_SIZE
+    ) -> None:
+        if size < 2 * LOG_MAX:
+            raise ValueError(f"cluster log ring of {size} bytes cannot hold two entries")
         self.nodename = nodename
-        self.entries: deque[LogEntry] = deque(maxlen=MAX_ENTRIES)
+        self._clock = clock
+        self._ring = _Ring(size)
+        self._dedup: dict[int, tuple[int, int]] = {}  # node_digest -> newest (time, uid)
         self._uid = 0
 
+    @property
+    def size(self) -> int:
+        return self._ring.size
+
+    # ------------------------------------------------------------------ inserting
+
     def add_local(
-        self, ident: str, tag: str, pri: int, msg: str | bytes, pid: int | None = None
-    ) -> LogEntry | None:
+        self, ident: str | bytes, tag: str | bytes, pri: int, msg: str | bytes,
+        pid: int | None = None,
+    ) -> LogEntry | None:  # fmt: skip
+        """A new local entry (§3.2); None for a priority >= 8 (C creates nothing, no error).
+
+        The entry is returned even when dedup dropped it locally: C multicasts it anyway.
+        """
         if not 0 <= pri < 8:
             return None
         raw = msg.encode("utf-8", "surrogateescape") if isinstance(msg, str) else msg
         self._uid += 1
-        entry = LogEntry(
+        e = make_entry(
             self._uid,
-            int(time.time()),
-            pri,
-            tag[:_FIELD_MAX],
+            int(self._clock()),
+            _field(self.nodename),
+            _field(ident),
+            _field(tag),
             os.getpid() if pid is None else pid,
-            self.nodename[:_FIELD_MAX],
-            ident[:_FIELD_MAX],
-            clean_message(raw),
+            pri,
+            raw.split(b"\x00", 1)[0],
         )
-        self.entries.append(entry)
-        return entry
+        self.insert(e)
+        return e
 
-    def insert(self, entry: LogEntry) -> None:
-        """A remote entry; duplicates (same uid, node, time) are dropped."""
-        for e in self.entries:
-            if e.uid == entry.uid and e.node == entry.node and e.time == entry.time:
-                return
-        self.entries.append(entry)
+    def insert(self, e: LogEntry) -> bool:
+        """Insert with §3.5 dedup; False if dropped (duplicate, late, or oversized)."""
+        if e.size > LOG_MAX:
+            log.error("ignoring cluster log entry of %d bytes (> %d)", e.size, LOG_MAX)
+            return False
+        if not _accept(self._dedup, e):
+            log.debug("ignore insert of duplicate cluster log (uid %d, time %d)", e.uid, e.time)
+            return False
+        self._ring.append(e)
+        return True
 
-    def dump(self, max_entries: int = 50) -> str:
-        ordered = sorted(self.entries, key=lambda e: (e.time, e.node, e.uid), reverse=True)
-        lines = [
-            f'{{"uid": {e.uid}, "time": {e.time}, "pri": {e.pri}, "tag": "{e.tag}", '
-            f'"pid": {e.pid}, "node": "{e.node}", "user": "{e.ident}", "msg": "{e.msg}"}}'
-            for e in ordered[:max_entries]
+    # ------------------------------------------------------------------ reading
+
+    def newest_first(self) -> list[LogEntry]:
+        return [e for _pos, e in self._ring.walk()]
+
+    def dump_bytes(self, max_entries: int = DEFAULT_MAX, user: bytes = b"") -> bytes:
+        """§3.7 JSON, strings printed raw; `user` filters by ident, max 0 means 50."""
+        limit = max_entries if max_entries > 0 else DEFAULT_MAX
+        want = fnv1a64(user + b"\x00") if user else None
+        lines: list[bytes] = []
+        for _pos, e in self._ring.walk():
+            if len(lines) >= limit:
+                break
+            if want is not None and e.ident_digest != want:
+                continue
+            lines.append(
+                b'{"uid": %d, "time": %d, "pri": %d, "tag": "%s", "pid": %d, "node": "%s", '
+                b'"user": "%s", "msg": "%s"}'
+                % (e.uid, e.time, e.priority, e.tag, e.pid, e.node, e.ident, e.msg)
+            )
+        body = b",\n".join(lines) + b"\n" if lines else b""
+        return b'{\n"data": [\n' + body + b"]\n}\n"
+
+    def dump(self, max_entries: int = DEFAULT_MAX, user: str = "") -> str:
+        return self.dump_bytes(max_entries, user.encode()).decode("utf-8", "replace")
+
+    # ------------------------------------------------------------------ sync
+
+    def state_blob(self) -> bytes:
+        """§3.3 STATE payload: the ring rebuilt in sort order, newest entries that fit."""
+        entries = sorted(self.newest_first(), key=_SORT_KEY)
+        total = 8
+        start = len(entries)
+        while start > 0:
+            real = (entries[start - 1].size + 7) & ~7
+            if total + real >= self.size:
+                break
+            total += real
+            start -= 1
+        return ClogState(self.size, tuple(entries[start:])).encode()
+
+    def merge(self, blobs: Sequence[bytes | None], who: Sequence[str] | None = None) -> None:
+        """§3.6: merge the members' logs (member order; None = our live ring) into a new ring.
+
+        Blobs must have passed `valid_state`; a broken chain inside one is cut where it breaks.
+        """
+        names = list(who) if who is not None else [f"member {i}" for i in range(len(blobs))]
+        cursors = [
+            self._ring.walk() if b is None else _walk(b, names[i]) for i, b in enumerate(blobs)
         ]
-        body = ",\n".join(lines) + "\n" if lines else ""
-        return '{\n"data": [\n' + body + "]\n}\n"
+        heads = [next(c, None) for c in cursors]
+        result: dict[Identity, LogEntry] = {}
+        dedup: dict[int, tuple[int, int]] = {}
+        total = 0
+        while True:
+            best = -1
+            best_time = 0
+            for i, h in enumerate(heads):
+                if h is not None and h[1].time > best_time:
+                    best, best_time = i, h[1].time
+            if best < 0:
+                break
+            head = heads[best]
+            assert head is not None
+            e = head[1]
+            key = identity(e)
+            if key not in result:
+                result[key] = e
+                _accept(dedup, e)
+            # C adds next - offset: the aligned size in every ring C writes; a lying `next`
+            # in a peer's blob must not end the merge early (and cost us our own log)
+            total += (e.size + 7) & ~7
+            if total >= MERGE_LIMIT:
+                break
+            heads[best] = next(cursors[best], None)
+        ring = _Ring(self.size)
+        for e in sorted(result.values(), key=_SORT_KEY):
+            ring.append(e)  # walked entries are <= LOG_MAX: the ring always has room
+        self._ring = ring
+        self._dedup = dedup
+
+
+def _accept(dedup: dict[int, tuple[int, int]], e: LogEntry) -> bool:
+    """§3.5: newer (time, uid) than the newest seen from that node; records it."""
+    last = dedup.get(e.node_digest)
+    if last is not None and (e.time < last[0] or (e.time == last[0] and e.uid <= last[1])):
+        return False
+    dedup[e.node_digest] = (e.time, e.uid)
+    return True

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import time
-
 from ..vmlist import VmList
-from .state import ClusterStatus
+from .state import RRD_MAX_AGE, ClusterStatus, KvStore, RrdTable
 
-RRD_MAX_AGE = 300
+__all__ = [
+    "RRD_MAX_AGE",
+    "RrdTable",
+    "render_members",
+    "render_rrd",
+    "render_version",
+    "render_vmlist",
+]
 
 
 def render_version(status: ClusterStatus, vmlist: VmList) -> str:
@@ -19,19 +24,16 @@ def render_version(status: ClusterStatus, vmlist: VmList) -> str:
     ]
     out.extend(f'"{p}": {v},\n' for p, v in status.path_versions.items())
     out.append('"kvstore": {\n')
-    blocks = []
-    own = status.kvstore.get(status.nodename, {})
-    blocks.append(_kv_block(status.nodename, own))
-    for node in status.nodes.values():
-        if node.name != status.nodename and node.name in status.kvstore:
-            blocks.append(_kv_block(node.name, status.kvstore[node.name]))
+    blocks = [_kv_block(status.nodename, status.kv)]
+    # then every nodelist node that has sent key-values (rrd/ and nodeip are kept elsewhere)
+    blocks.extend(_kv_block(n.name, n.kv) for n in status.nodes.values() if n.kv is not None)
     out.append(",\n".join(blocks))
     out.append("}\n}\n")
     return "".join(out)
 
 
-def _kv_block(name: str, store: dict[str, int]) -> str:
-    items = ",\n".join(f'"{k}": {v}' for k, v in store.items())
+def _kv_block(name: str, store: KvStore) -> str:
+    items = ",\n".join(f'"{k.decode("utf-8", "replace")}": {v.version}' for k, v in store.items())
     return f'"{name}": {{\n' + items + "}\n" if items else f'"{name}": {{\n}}\n'
 
 
@@ -66,20 +68,6 @@ def render_vmlist(vmlist: VmList) -> str:
     return f'{{\n"version": {vmlist.version},\n"ids": {{\n' + ",\n".join(lines) + "}\n\n}\n"
 
 
-class RrdTable:
-    """Latest RRD data per key; the dump drops entries older than 300 s."""
-
-    __slots__ = ("entries",)
-
-    def __init__(self) -> None:
-        self.entries: dict[str, tuple[float, str]] = {}
-
-    def update(self, key: str, data: str, now: float | None = None) -> None:
-        self.entries[key] = (time.time() if now is None else now, data)
-
-    def dump(self, now: float | None = None) -> str:
-        t = time.time() if now is None else now
-        stale = [k for k, (ts, _) in self.entries.items() if t - ts > RRD_MAX_AGE]
-        for k in stale:
-            del self.entries[k]
-        return "".join(f"{k}:{d}\n" for k, (_, d) in self.entries.items())
+def render_rrd(status: ClusterStatus, now: float | None = None) -> str:
+    """`.rrd`: one `<key>:<data>` line per entry updated within the last 300 s."""
+    return status.rrd.dump(status.clock() if now is None else now)
