@@ -15,7 +15,11 @@ a restarted node needs to catch up after --catchup files changed while it was do
 the RSS of every daemon.  Figures only, no assertions on time.
 
     .venv/bin/python bench/cluster_bench.py --real [--files 500] [--writes 1000]
-        [--samples 100] [--catchup 1000]
+        [--samples 100] [--catchup 1000] [--probe]
+
+``--probe`` adds a round with a bare trio+cffi CPG member (it only peeks at headers) in
+node2, and prints its CPU per delivered message next to the daemons': the floor of receiving
+a message in a Python process on the same box under the same load.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from pmxcfs.dcdb.app import DcdbApp
 from pmxcfs.dcdb.codec import FuseOp, Subtype, decode_fuse
@@ -121,7 +126,7 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
-def bench_real(files: int, writes: int, samples: int, catchup: int) -> None:
+def bench_real(files: int, writes: int, samples: int, catchup: int, probe: bool) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from tests.cluster.pve_nodes import PveCluster, PveNode
 
@@ -219,6 +224,32 @@ def bench_real(files: int, writes: int, samples: int, catchup: int) -> None:
         total = len(n1.snapshot())
         print(f"daemon RSS (KiB) at start: {rss0}; at the end ({total} tree entries): {rss}")
 
+        if probe:
+            _probe_round(pc, files)
+
+
+def _probe_round(pc: Any, files: int) -> None:
+    """The floor: CPU per delivered message of a bare trio+cffi CPG member (it only peeks at
+    headers) next to the daemons', in the same cluster under the same one-writer load."""
+    n1, n2 = pc[1], pc[2]
+    probe = n2.node.spawn_json(
+        [sys.executable, "-u", "-m", "tests.cluster.pve_nodes", "hostile"], name="bench-probe"
+    )
+    try:
+        probe.wait_for("ready", timeout=30)
+        pc.wait_ready(timeout=60)
+        pids = {"pmxcfs node1 (writer)": n1.daemon_pid, "pmxcfs node2": n2.daemon_pid,
+                "bare CPG member on node2": probe.pid}  # fmt: skip
+        n1.ok("mkdir", path="probe")
+        cpu0 = {k: _cpu_s(p) for k, p in pids.items()}
+        res = n1.result(n1.send("burst", prefix="probe/f", count=files, tag="p"), 600)
+        cpu1 = {k: _cpu_s(p) for k, p in pids.items()}
+        per = ", ".join(f"{k} {1e6 * (cpu1[k] - cpu0[k]) / (2 * files):.0f}" for k in pids)
+        rate = files / (res["t1"] - res["t0"])
+        print(f"receive floor ({rate:,.0f} files/s with the probe): CPU us per message: {per}")
+    finally:
+        probe.close()
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
@@ -234,9 +265,12 @@ def main() -> None:
     ap.add_argument("--writes", type=int, default=1000, help="--real: writes per writer")
     ap.add_argument("--samples", type=int, default=100, help="--real: latency samples")
     ap.add_argument("--catchup", type=int, default=1000, help="--real: files changed while down")
+    ap.add_argument(
+        "--probe", action="store_true", help="--real: also measure a bare CPG member's CPU floor"
+    )
     args = ap.parse_args()
     if args.real:
-        bench_real(args.files or 500, args.writes, args.samples, args.catchup)
+        bench_real(args.files or 500, args.writes, args.samples, args.catchup, args.probe)
         return
     files = args.files or 5000
     print(f"decode WRITE message + payload: {bench_decode(100_000):,.0f} msg/s")
