@@ -141,6 +141,9 @@ class DcdbApp:
     def get_state(self) -> bytes | None:
         return self.tree.encode_index()
 
+    def synced(self) -> Sequence[tuple[int, bytes]]:
+        return ()
+
     def cleanup_sync(self) -> None:
         self.ctx = None
 

@@ -133,6 +133,7 @@ class StateOutcome:
     synced: frozenset[Member]
     updates: Sequence[bytes] = ()  # only on the data leader; then UPDATE_COMPLETE is sent
     send_complete: bool = False
+    sends: Sequence[tuple[int, bytes]] = ()  # NORMAL messages (kvstore: the re-broadcast)
 
 
 class Application(Protocol):
@@ -162,6 +163,9 @@ class Application(Protocol):
 
     def confchg(self, members: Sequence[Member]) -> None:
         """Membership hook (kvstore: online flags)."""
+
+    def synced(self) -> Sequence[tuple[int, bytes]]:
+        """Entering SYNCED: NORMAL messages to send (kvstore: the nodeip announce)."""
 
 
 # ---------------------------------------------------------------------------- state
@@ -310,6 +314,8 @@ class Dfsm:
             self.mode = new
             if new == Mode.SYNCED and cur != Mode.SYNCED:
                 self.stats.syncs += 1
+                for subtype, payload in self.app.synced():
+                    self._send_normal(subtype, payload, None)
             return
         if cur < 128 or new >= cur:
             self.mode = new
@@ -604,6 +610,8 @@ class Dfsm:
         for x in members:
             if (x.nodeid, x.pid) in res.synced:
                 x.synced = True
+        for subtype, payload in res.sends:
+            self._send_normal(subtype, payload, None)
         for payload in res.updates:
             self._send_state(MsgType.UPDATE, payload, SendKind.UPDATE)
         if res.send_complete:

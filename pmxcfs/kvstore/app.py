@@ -1,9 +1,8 @@
 """The kvstore group's DFSM Application (protocol version 0, status-ipc §2.3-§2.5, §3.5, §3.6).
 
 Every callback works on the node's ClusterStatus and ClusterLog only; nothing here does I/O.
-The sends this group owes beyond what the generic machine expresses (the kv re-broadcast after
-the state step, the nodeip announce on entering SYNCED) are handed to `KvstoreDfsm` through
-`take_owed` and `synced` (see machine.py).
+Like C's callbacks, the state step returns the kv re-broadcast (`StateOutcome.sends`) and
+entering SYNCED returns the nodeip announce (`synced`); the generic machine sends both.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ log = logging.getLogger("pmxcfs.kvstore")
 
 UPDATE = int(KvSubtype.UPDATE)
 LOG = int(KvSubtype.LOG)
-OwedSend = tuple[int, bytes]  # (NORMAL subtype, payload)
 _NO_OP = DeliverOutcome()
 
 
@@ -44,7 +42,6 @@ class KvstoreApp:
         self.clog = clog
         self.node_ip = node_ip
         self.local_member: Member = (0, 0)  # kept current by KvstoreDfsm
-        self._owed: list[OwedSend] = []
 
     # ------------------------------------------------------------------ local operations
 
@@ -67,15 +64,11 @@ class KvstoreApp:
         e = self.clog.add_local(ident, tag, priority, msg, pid)
         return None if e is None else e.encode(0, 0)
 
-    def synced(self) -> list[OwedSend]:
+    def synced(self) -> list[tuple[int, bytes]]:
         """§2.4 step 4 (entering SYNCED): re-announce our IP, stored or configured."""
         ip = self.status.node_ips.get(self.status.nodename) or self.node_ip
         _res, payload = self.set_status(NODEIP_KEY, ip.encode() + b"\x00")
         return [] if payload is None else [(UPDATE, payload)]
-
-    def take_owed(self) -> list[OwedSend]:
-        owed, self._owed = self._owed, []
-        return owed
 
     # ------------------------------------------------------------------ Application
 
@@ -97,8 +90,8 @@ class KvstoreApp:
                 continue
             names.append(f"node {member[0]}/{member[1]}")
         self.clog.merge(blobs, names)
-        self._owed = [(UPDATE, update_payload(k, v.data)) for k, v in self.status.kv.items()]
-        return StateOutcome(synced=frozenset(m for m, _ in states))
+        rebroadcast = [(UPDATE, update_payload(k, v.data)) for k, v in self.status.kv.items()]
+        return StateOutcome(synced=frozenset(m for m, _ in states), sends=rebroadcast)
 
     def process_update(self, sender: Member, payload: bytes) -> bool:
         log.error("kvstore: UPDATE from node %d/%d but this group never sends any", *sender)

@@ -1,13 +1,8 @@
-"""The kvstore group's Dfsm: the generic machine plus the two sends it has no hook for.
+"""The kvstore group's Dfsm: the generic machine with protocol version 0 and no verify.
 
-C sends both from inside its callbacks: the kv re-broadcast from process_state (§2.4 step 3)
-and the nodeip announce from the "synced" hook, which runs whenever the mode *changes* to
-SYNCED (§2.4 step 4; a SYNCED -> SYNCED confchg does not announce). The generic machine's
-StateOutcome only carries UPDATE state messages and it has no synced hook, so this subclass
-runs each event as usual and then sends what the application owes, as ordinary NORMAL
-messages (same counter, same order on the wire as C: re-broadcast first, then nodeip).
-Entering SYNCED is seen as a rise of `stats.syncs`, which the machine counts exactly on
-mode changes to SYNCED.
+What this group sends from its callbacks in C (the kv re-broadcast after the state step,
+§2.4 step 3, and the nodeip announce whenever the mode changes to SYNCED, §2.4 step 4) the
+generic machine sends from `StateOutcome.sends` and `Application.synced`.
 """
 
 from __future__ import annotations
@@ -16,12 +11,12 @@ import time
 from collections.abc import Callable
 
 from ..dfsm.codec import KVSTORE_PROTOCOL_VERSION
-from ..dfsm.machine import Action, Dfsm, Event, LocalRequest
+from ..dfsm.machine import Dfsm
 from .app import KvstoreApp
 
 
 class KvstoreDfsm(Dfsm):
-    """One `pve_kvstore_v1` member; works unchanged under DfsmDriver and in replays."""
+    """One `pve_kvstore_v1` member; keeps the application's idea of "us" current."""
 
     def __init__(
         self,
@@ -42,19 +37,3 @@ class KvstoreDfsm(Dfsm):
     def set_identity(self, nodeid: int, pid: int) -> None:
         super().set_identity(nodeid, pid)
         self.kv_app.local_member = self.me
-
-    def feed(self, event: Event) -> list[Action]:
-        syncs = self.stats.syncs
-        return self._settle(super().feed(event), syncs)
-
-    def deliver(self, nodeid: int, pid: int, data: bytes) -> list[Action]:
-        syncs = self.stats.syncs
-        return self._settle(super().deliver(nodeid, pid, data), syncs)
-
-    def _settle(self, out: list[Action], syncs: int) -> list[Action]:
-        owed = self.kv_app.take_owed()
-        if self.stats.syncs != syncs:
-            owed.extend(self.kv_app.synced())
-        for subtype, payload in owed:
-            out.extend(super().feed(LocalRequest(subtype, payload)))
-        return out
