@@ -26,7 +26,8 @@ from .dcdb.backend import ClusterBackend
 from .dcdb.marker import SyncMarker
 from .dfsm.codec import DCDB_PROTOCOL_VERSION
 from .dfsm.driver import DfsmDriver
-from .dfsm.machine import DEFAULT_VERIFY_INTERVAL, ConfChg, Deliver, Dfsm, Mode, Tick
+from .dfsm.machine import DEFAULT_VERIFY_INTERVAL, ConfChg, Dfsm, Mode, Tick
+from .dfsm.runner import GroupRunner
 from .journal import FLUSH_DELAY, GroupCommit
 from .kvstore.service import KvstoreService
 from .status.clusterlog import ClusterLog
@@ -145,70 +146,25 @@ class ClusterServices:
         self._flush_due = trio.Event()
         self.backend = ClusterBackend(tree, self.driver, lambda: status.quorate)
         self._nursery: trio.Nursery | None = None
-        self.connected = trio.Event()
+        self.runner = GroupRunner(
+            "dcdb",
+            "pve_dcdb_v1",
+            self.driver,
+            options.restart_delay,
+            on_identity=self._on_identity,
+            on_confchg=self._on_confchg,
+            after_dispatch=self._after_dispatch,
+        )
+        self.connected = self.runner.connected
 
     # ------------------------------------------------------------------ dcdb
 
-    def _on_cpg(self, ev: object) -> None:
-        from cpg import CpgConfchg, CpgDeliver
+    def _on_confchg(self, chg: ConfChg) -> None:
+        if self.options.online_from_dcdb and self.kvstore is None and self.dfsm.we_are_member:
+            self.status.set_online({m[0] for m in chg.members})
 
-        if isinstance(ev, CpgDeliver):
-            self.driver.feed(Deliver(ev.nodeid, ev.pid, ev.payload))
-        elif isinstance(ev, CpgConfchg):
-            members = tuple((a.nodeid, a.pid) for a in ev.members)
-            self.driver.feed(
-                ConfChg(
-                    members,
-                    tuple((a.nodeid, a.pid) for a in ev.left),
-                    tuple((a.nodeid, a.pid) for a in ev.joined),
-                )
-            )
-            if self.options.online_from_dcdb and self.kvstore is None and self.dfsm.we_are_member:
-                self.status.set_online({m[0] for m in members})
-
-    async def run_dcdb(self) -> None:
-        from cpg import PVE_DCDB_GROUP, CorosyncError, Cpg
-
-        warned = False
-        while True:
-            if not self.dfsm.restartable:
-                log.error("dcdb: stopped in mode %s until pmxcfs restarts", self.dfsm.mode.name)
-                await trio.sleep_forever()
-            try:
-                cpg = Cpg(handler=self._on_cpg, deliver_handler=self.driver.deliver)
-                cpg.after_dispatch = self._after_dispatch
-            except CorosyncError as exc:
-                if not warned:
-                    log.error("dcdb: cpg_initialize failed: %s", exc)
-                    warned = True
-                await trio.sleep(self.options.restart_delay)
-                continue
-            warned = False
-            if self.dfsm.nodeid == 0:
-                self.dfsm.set_identity(cpg.nodeid, os.getpid())
-            self.app.local_member = (self.dfsm.nodeid, self.dfsm.pid)
-            self.driver.reset()
-            try:
-                async with trio.open_nursery() as n:
-                    n.start_soon(cpg.run)
-                    await cpg.join(PVE_DCDB_GROUP, include_nul=False)
-                    log.info("dcdb: joined group as node %d", cpg.nodeid)
-                    self.connected.set()
-                    n.start_soon(self.driver.run_sender, cpg.mcast)
-                    self.driver.direct = cpg.mcast_direct
-                    await self.driver.leave_requested.wait()
-                    log.warning("dcdb: leaving group (mode %s)", self.dfsm.mode.name)
-                    try:
-                        await cpg.leave()
-                    except CorosyncError as exc:
-                        log.warning("dcdb: cpg_leave failed: %s", exc)
-                    n.cancel_scope.cancel()
-            except CorosyncError as exc:
-                log.error("dcdb: corosync connection lost: %s", exc)
-            finally:
-                cpg.finalize()
-                self.driver.disconnect()
-            await trio.sleep(self.options.restart_delay)
+    def _on_identity(self) -> None:
+        self.app.local_member = (self.dfsm.nodeid, self.dfsm.pid)
 
     def _cluster_log(self, msg: str) -> None:
         """What the cluster should see (lost+found saves): a warning in the cluster log."""
@@ -366,7 +322,7 @@ class ClusterServices:
         self.sync_conf(notify=True)
         nursery.start_soon(self.run_quorum)
         nursery.start_soon(self.run_cmap)
-        nursery.start_soon(self.run_dcdb)
+        nursery.start_soon(self.runner.run)
         if self.kvstore is not None:
             nursery.start_soon(self.kvstore.run)
         nursery.start_soon(self.run_timer)
