@@ -1,7 +1,7 @@
 """cffi API-mode builder for the corosync client libraries.
 
 Compiled against the system headers (libcpg-dev, libquorum-dev, libcmap-dev,
-libvotequorum-dev, libcorosync-common-dev) when the package is built, so struct
+libvotequorum-dev, libcorosync-common-dev, libqb-dev) when the package is built, so struct
 layouts and constants come from the headers, not from hand-copied offsets.
 """
 
@@ -162,6 +162,73 @@ ffibuilder.cdef(
     cs_error_t votequorum_finalize(votequorum_handle_t handle);
     cs_error_t votequorum_getinfo(votequorum_handle_t handle, unsigned int nodeid,
         struct votequorum_info *info);
+
+    /* ---- libqb IPC server (qbipcs.h) and client (qbipcc.h) ---- */
+    typedef unsigned int uid_t;
+    typedef unsigned int gid_t;
+    typedef unsigned int mode_t;
+    enum qb_ipc_type { QB_IPC_SOCKET, QB_IPC_SHM, QB_IPC_POSIX_MQ, QB_IPC_SYSV_MQ,
+        QB_IPC_NATIVE, ... };
+    enum qb_loop_priority { QB_LOOP_LOW, QB_LOOP_MED, QB_LOOP_HIGH, ... };
+    typedef struct qb_ipcs_service qb_ipcs_service_t;
+    typedef struct qb_ipcs_connection qb_ipcs_connection_t;
+    typedef struct qb_ipcc_connection qb_ipcc_connection_t;
+    struct qb_ipcs_connection_stats { int32_t client_pid; ...; };
+    typedef void (*qb_loop_job_dispatch_fn)(void *data);
+    typedef int32_t (*qb_ipcs_dispatch_fn_t)(int32_t fd, int32_t revents, void *data);
+    struct qb_ipcs_poll_handlers {
+        int32_t (*job_add)(enum qb_loop_priority p, void *data,
+            qb_loop_job_dispatch_fn dispatch_fn);
+        int32_t (*dispatch_add)(enum qb_loop_priority p, int32_t fd, int32_t events,
+            void *data, qb_ipcs_dispatch_fn_t fn);
+        int32_t (*dispatch_mod)(enum qb_loop_priority p, int32_t fd, int32_t events,
+            void *data, qb_ipcs_dispatch_fn_t fn);
+        int32_t (*dispatch_del)(int32_t fd);
+    };
+    struct qb_ipcs_service_handlers {
+        int32_t (*connection_accept)(qb_ipcs_connection_t *c, uid_t uid, gid_t gid);
+        void (*connection_created)(qb_ipcs_connection_t *c);
+        int32_t (*msg_process)(qb_ipcs_connection_t *c, void *data, size_t size);
+        int32_t (*connection_closed)(qb_ipcs_connection_t *c);
+        void (*connection_destroyed)(qb_ipcs_connection_t *c);
+    };
+    qb_ipcs_service_t *qb_ipcs_create(const char *name, int32_t service_id,
+        enum qb_ipc_type type, struct qb_ipcs_service_handlers *handlers);
+    void qb_ipcs_poll_handlers_set(qb_ipcs_service_t *s,
+        struct qb_ipcs_poll_handlers *handlers);
+    void qb_ipcs_service_context_set(qb_ipcs_service_t *s, void *context);
+    void *qb_ipcs_connection_service_context_get(qb_ipcs_connection_t *c);
+    int32_t qb_ipcs_run(qb_ipcs_service_t *s);
+    void qb_ipcs_destroy(qb_ipcs_service_t *s);
+    ssize_t qb_ipcs_response_send(qb_ipcs_connection_t *c, const void *data, size_t size);
+    ssize_t qb_ipcs_response_sendv(qb_ipcs_connection_t *c, const struct iovec *iov,
+        size_t iov_len);
+    void qb_ipcs_connection_ref(qb_ipcs_connection_t *c);
+    void qb_ipcs_connection_unref(qb_ipcs_connection_t *c);
+    void qb_ipcs_disconnect(qb_ipcs_connection_t *c);
+    void qb_ipcs_context_set(qb_ipcs_connection_t *c, void *context);
+    void *qb_ipcs_context_get(qb_ipcs_connection_t *c);
+    int32_t qb_ipcs_connection_stats_get(qb_ipcs_connection_t *c,
+        struct qb_ipcs_connection_stats *stats, int32_t clear_after_read);
+    int32_t qb_ipcs_connection_get_buffer_size(qb_ipcs_connection_t *c);
+
+    qb_ipcc_connection_t *qb_ipcc_connect(const char *name, size_t max_msg_size);
+    void qb_ipcc_disconnect(qb_ipcc_connection_t *c);
+    ssize_t qb_ipcc_sendv_recv(qb_ipcc_connection_t *c, const struct iovec *iov,
+        uint32_t iov_len, void *res_msg, size_t res_len, int32_t timeout);
+
+    extern "Python" int32_t _py_qb_job_add(enum qb_loop_priority, void *,
+        qb_loop_job_dispatch_fn);
+    extern "Python" int32_t _py_qb_dispatch_add(enum qb_loop_priority, int32_t, int32_t,
+        void *, qb_ipcs_dispatch_fn_t);
+    extern "Python" int32_t _py_qb_dispatch_mod(enum qb_loop_priority, int32_t, int32_t,
+        void *, qb_ipcs_dispatch_fn_t);
+    extern "Python" int32_t _py_qb_dispatch_del(int32_t);
+    extern "Python" int32_t _py_qbs_accept(qb_ipcs_connection_t *, uid_t, gid_t);
+    extern "Python" void _py_qbs_created(qb_ipcs_connection_t *);
+    extern "Python" int32_t _py_qbs_msg_process(qb_ipcs_connection_t *, void *, size_t);
+    extern "Python" int32_t _py_qbs_closed(qb_ipcs_connection_t *);
+    extern "Python" void _py_qbs_destroyed(qb_ipcs_connection_t *);
     """
 )
 
@@ -174,8 +241,10 @@ ffibuilder.set_source(
     #include <corosync/quorum.h>
     #include <corosync/cmap.h>
     #include <corosync/votequorum.h>
+    #include <qb/qbipcs.h>
+    #include <qb/qbipcc.h>
     """,
-    libraries=["cpg", "quorum", "cmap", "votequorum", "corosync_common"],
+    libraries=["cpg", "quorum", "cmap", "votequorum", "corosync_common", "qb"],
 )
 
 if __name__ == "__main__":

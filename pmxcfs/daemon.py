@@ -21,6 +21,7 @@ from .constants import WWW_DATA_GROUP as WWW_DATA
 from .fs.invalidator import Invalidator
 from .fs.namespace import Namespace, debug_writer
 from .fs.operations import Filesystem
+from .ipc.ops import IpcState
 from .options import Options, parse
 from .runtime import (
     ReadyPipe,
@@ -116,12 +117,14 @@ class Daemon:
                 nursery.start_soon(self._fuse_main, nursery)
                 nursery.start_soon(invalidator.run)
                 nursery.start_soon(self._signals, nursery)
+                ipc_state = IpcState(self.tree, self.status, self.clog)
                 if self.cluster_mode:
-                    cluster = await self._start_cluster(nursery)
+                    cluster = await self._start_cluster(nursery, ipc_state)
                     if cluster is not None:
                         backend = cluster
                         fs.backend = cluster
                         fs.quorate = lambda: cluster.quorate
+                await self._start_ipc(nursery, ipc_state)
                 if opts.foreground:
                     write_pid_file(opts.pid_file, os.getpid())
                 remove_file(self.restart_flag)
@@ -136,7 +139,19 @@ class Daemon:
                 pyfuse3.close(unmount=True)
         return 0
 
-    async def _start_cluster(self, nursery: trio.Nursery) -> Backend | None:
+    async def _start_ipc(self, nursery: trio.Nursery, state: IpcState) -> None:
+        """The `pve2` server (status-ipc §6); without it the filesystem still runs."""
+        try:
+            from .ipc.server import IpcService
+
+            service = IpcService(
+                state, self.gid, on_stop=lambda: create_restart_flag(self.restart_flag, self.gid)
+            )
+            await nursery.start(service.run)
+        except (ImportError, OSError, RuntimeError) as exc:
+            log.critical("unable to start IPC server 'pve2' - PVE tools cannot connect: %s", exc)
+
+    async def _start_cluster(self, nursery: trio.Nursery, ipc: IpcState) -> Backend | None:
         try:
             from .cluster import ClusterOptions, start_cluster
         except ImportError as exc:
@@ -156,6 +171,7 @@ class Daemon:
             options=options,
             clog=self.clog,
             node_ip=self.node_ip,
+            on_services=lambda services: setattr(ipc, "kvstore", services.kvstore),
         )
         return backend
 

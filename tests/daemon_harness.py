@@ -41,6 +41,8 @@ class Pmxcfs:
         self.nodename = nodename
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = base / "daemon.log"
+        #: how the daemon gets its network namespace (a test may join another one instead)
+        self.netns_prefix: list[str] = ["unshare", "--net", "--"]
         for d in (self.mount, self.db_dir, self.run_dir):
             d.mkdir(parents=True, exist_ok=True)
 
@@ -49,7 +51,9 @@ class Pmxcfs:
         return self.db_dir / "config.db"
 
     def args(self, *extra: str, local: bool = True, foreground: bool = True) -> list[str]:
-        a = [PYTHON, "-m", "pmxcfs"]
+        # Alone in a fresh network namespace: the daemon's `pve2` IPC socket is abstract, and
+        # this machine may run other pmxcfs daemons. unshare execs, so the pid is the daemon's.
+        a = [*self.netns_prefix, PYTHON, "-m", "pmxcfs"]
         if foreground:
             a.append("-f")
         if local:
