@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 
 from pmxcfs.storage import Database, DatabaseError
+from tests.shared import FIXTURES
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURE = Path("/work/shared/fixtures/config.db")
-MANIFEST = json.loads(Path("/work/shared/fixtures/config.db.manifest.json").read_text())
+FIXTURE = FIXTURES / "config.db"
+MANIFEST = json.loads((FIXTURES / "config.db.manifest.json").read_text())
 MiB = 1024 * 1024
 
 pytestmark = pytest.mark.skipif(not FIXTURE.exists(), reason="fixture database missing")

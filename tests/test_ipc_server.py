@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 
 from tests.daemon_harness import PYTHON, REPO, Pmxcfs
+from tests.shared import VECTORS as SHARED_VECTORS
 
-VECTORS = Path("/work/shared/vectors/ipc-replies.jsonl")
+VECTORS = SHARED_VECTORS / "ipc-replies.jsonl"
 TOKEN = b"root@pam!mytoken 11111111-2222-3333-4444-555555555555"
 
 Reply = tuple[int, bytes]

@@ -15,7 +15,6 @@ import functools
 import json
 import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pmxcfs.dfsm.capture import CapConfChg, CapDeliver, CapOp, read_capture
@@ -27,8 +26,8 @@ from pmxcfs.status.clusterlog import ClusterLog
 from pmxcfs.status.render import render_members, render_rrd, render_version
 from pmxcfs.status.state import ClusterStatus, NodeInfo
 from pmxcfs.vmlist import VmList
+from tests.shared import VECTORS
 
-VECTORS = Path("/work/shared/vectors")
 CAPTURE = VECTORS / "status-ipc-3node.jsonl.gz"
 REPLIES = VECTORS / "ipc-replies.jsonl"
 GROUP = "pve_kvstore_v1"

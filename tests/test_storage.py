@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from pmxcfs.storage import SCHEMA_FILE, SCHEMA_SQL, Database, DatabaseError
+from tests.shared import SHARED
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIXTURE = SHARED / "fixtures" / "config.db"
 MANIFEST = SHARED / "fixtures" / "config.db.manifest.json"
 

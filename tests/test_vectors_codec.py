@@ -9,8 +9,8 @@ import pytest
 from pmxcfs.dcdb import codec as dc
 from pmxcfs.dfsm import codec, kvcodec
 from pmxcfs.dfsm.capture import CapDeliver, read_capture
+from tests.shared import VECTORS
 
-VECTORS = Path("/work/shared/vectors")
 DCDB = VECTORS / "dcdb-fs-ops-3node.jsonl.gz"
 STATUS = VECTORS / "status-ipc-3node.jsonl.gz"
 

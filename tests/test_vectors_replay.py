@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pmxcfs import checksum
 from pmxcfs.constants import DT_REG, VERSION_ROW_NAME
@@ -26,8 +25,9 @@ from pmxcfs.dfsm.capture import CapConfChg, CapDeliver, CapOp, read_capture
 from pmxcfs.dfsm.codec import Mode, MsgType
 from pmxcfs.dfsm.machine import ConfChg, Deliver, Dfsm, Send
 from pmxcfs.tree import Tree
+from tests.shared import VECTORS
 
-CAPTURE = Path("/work/shared/vectors/dcdb-fs-ops-3node.jsonl.gz")
+CAPTURE = VECTORS / "dcdb-fs-ops-3node.jsonl.gz"
 GROUP = "pve_dcdb_v1"
 NODEIDS = {"n1": 1, "n2": 2, "n3": 3}
 
