@@ -15,11 +15,13 @@ a restarted node needs to catch up after --catchup files changed while it was do
 the RSS of every daemon.  Figures only, no assertions on time.
 
     .venv/bin/python bench/cluster_bench.py --real [--files 500] [--writes 1000]
-        [--samples 100] [--catchup 1000] [--probe]
+        [--samples 100] [--catchup 1000] [--probe] [--no-rt]
 
 ``--probe`` adds a round with a bare trio+cffi CPG member (it only peeks at headers) in
 node2, and prints its CPU per delivered message next to the daemons': the floor of receiving
-a message in a Python process on the same box under the same load.
+a message in a Python process on the same box under the same load.  ``--no-rt`` runs
+corosync without its default realtime scheduling (``system { sched_rr: no }``): with three
+nodes on two cores, three SCHED_RR corosyncs passing the token preempt every daemon.
 """
 
 from __future__ import annotations
@@ -126,7 +128,9 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
-def bench_real(files: int, writes: int, samples: int, catchup: int, probe: bool) -> None:
+def bench_real(
+    files: int, writes: int, samples: int, catchup: int, probe: bool, sched_rr: bool = True
+) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from tests.cluster.pve_nodes import PveCluster, PveNode
 
@@ -139,10 +143,11 @@ def bench_real(files: int, writes: int, samples: int, catchup: int, probe: bool)
         return float(max(r["t1"] for r in res) - min(r["t0"] for r in res))
 
     t = time.monotonic()
-    with PveCluster(3) as pc:
+    with PveCluster(3, sched_rr=sched_rr) as pc:
         n1, n2, n3 = pc[1], pc[2], pc[3]
+        sched = "SCHED_RR 99 (its default)" if sched_rr else "without realtime scheduling"
         print(f"3-node cluster of pmxcfs daemons up (quorate, mounted) in "
-              f"{time.monotonic() - t:.1f} s")  # fmt: skip
+              f"{time.monotonic() - t:.1f} s; corosync {sched}")  # fmt: skip
         for d in ("b1", "b3", "lat", "cu", *(f"b3/{pn.name}" for pn in pc)):
             n1.ok("mkdir", path=d)
         rss0 = {pn.name: _rss_kib(pn.daemon_pid) for pn in pc}
@@ -268,9 +273,16 @@ def main() -> None:
     ap.add_argument(
         "--probe", action="store_true", help="--real: also measure a bare CPG member's CPU floor"
     )
+    ap.add_argument(
+        "--no-rt",
+        action="store_true",
+        help="--real: corosync without realtime scheduling (system.sched_rr: no)",
+    )
     args = ap.parse_args()
     if args.real:
-        bench_real(args.files or 500, args.writes, args.samples, args.catchup, args.probe)
+        bench_real(
+            args.files or 500, args.writes, args.samples, args.catchup, args.probe, not args.no_rt
+        )
         return
     files = args.files or 5000
     print(f"decode WRITE message + payload: {bench_decode(100_000):,.0f} msg/s")

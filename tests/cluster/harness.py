@@ -569,6 +569,7 @@ class Cluster:
         cluster_name: str = "testclu",
         config_version: int = 1,
         token: int = 1000,
+        sched_rr: bool = True,
         start: bool = True,
         wait: bool = True,
         wait_timeout: float = 60.0,
@@ -583,6 +584,8 @@ class Cluster:
         self.cluster_name = cluster_name
         self.config_version = config_version
         self.token = token
+        #: corosync's default realtime scheduling (SCHED_RR 99), as on PVE hosts
+        self.sched_rr = sched_rr
         #: nodeid -> name written into the nodelist instead of "nodeN"
         self.conf_names: dict[int, str] = {}
         # corosync's own dirs are always private; *private_dirs* adds to them
@@ -663,7 +666,8 @@ class Cluster:
             "  crypto_cipher: aes256\n  crypto_hash: sha256\n"
             "  interface {\n    linknumber: 0\n  }\n}\n"
             f"nodelist {{\n{nodes}}}\n"
-            "quorum {\n  provider: corosync_votequorum\n}\n"
+            + ("" if self.sched_rr else "system {\n  sched_rr: no\n}\n")
+            + "quorum {\n  provider: corosync_votequorum\n}\n"
             "logging {\n  to_stderr: yes\n  to_syslog: no\n  to_logfile: yes\n"
             f"  logfile: {COROSYNC_LOG}\n  timestamp: on\n  debug: off\n}}\n"
         )
