@@ -2,7 +2,7 @@
 
 Every node applies every replicated operation, and one transaction per operation makes the
 SQLite commit (WAL frames, shm locks) the largest share of a delivery's cost. While a
-cluster message is applied with `defer` set (or inside `deferring()`), its rows are staged;
+cluster message is applied with `defer` set, its rows are staged;
 `flush` writes everything staged in one transaction. The database therefore always holds a
 *prefix* of the totally ordered operations this node applied, never a gap, so after a crash
 the node with the highest version still has every operation at or below it.
@@ -16,8 +16,7 @@ its own rows at once, so a failure is reported to that caller.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 from .tree import Row
@@ -44,14 +43,6 @@ class GroupCommit:
     @property
     def staged(self) -> bool:
         return bool(self._rows or self._deletes)
-
-    @contextlib.contextmanager
-    def deferring(self) -> Iterator[None]:
-        prev, self.defer = self.defer, True
-        try:
-            yield
-        finally:
-            self.defer = prev
 
     def commit(self, upserts: Sequence[Row], deletes: Sequence[int]) -> None:
         if self.defer:

@@ -12,16 +12,9 @@ from pmxcfs.dfsm.codec import Mode
 from pmxcfs.dfsm.machine import Deliver, Dfsm, Tick
 from pmxcfs.dfsm.sim import Sim
 from pmxcfs.tree import Tree
+from tests.clock import Clock
 
 T0 = 1_700_000_000
-
-
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def tree_with(files: dict[str, bytes], version: int | None = None, mtime: int = T0) -> Tree:
@@ -46,7 +39,7 @@ def tree_with(files: dict[str, bytes], version: int | None = None, mtime: int = 
 
 class Cluster:
     def __init__(self, trees: dict[int, Tree], clock: Clock | None = None, **app_kw: object):
-        self.clock = clock or Clock()
+        self.clock = clock or Clock(T0)
         self.sim = Sim(total_nodes=len(trees))
         self.apps: dict[int, DcdbApp] = {}
         self.dfsms: dict[int, Dfsm] = {}
@@ -223,7 +216,7 @@ def test_partition_during_sync_is_safe() -> None:
 
 
 def test_verify_round_ok_and_mismatch_resyncs() -> None:
-    clock = Clock()
+    clock = Clock(T0)
     c = Cluster({1: Tree(), 2: Tree(), 3: Tree()}, clock)
     c.start(1, 2, 3)
     c.op(2, Subtype.CREATE, "f")
@@ -248,7 +241,7 @@ def test_verify_round_ok_and_mismatch_resyncs() -> None:
 
 
 def test_verify_interval_configurable_and_only_coordinator() -> None:
-    clock = Clock()
+    clock = Clock(T0)
     c = Cluster({1: Tree(), 2: Tree()}, clock)
     for d in c.dfsms.values():
         d.verify_interval = 10
@@ -302,7 +295,7 @@ def test_expired_lock_is_unlocked_by_the_coordinator() -> None:
     from pmxcfs.checksum import lock_checksum
     from pmxcfs.dcdb.codec import UnlockMsg
 
-    clock = Clock()
+    clock = Clock(T0)
     c = Cluster({1: Tree(), 2: Tree()}, clock)
     c.start(1, 2)
     for p in ("priv", "priv/lock", "priv/lock/l1"):

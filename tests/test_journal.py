@@ -3,10 +3,11 @@ cluster layer puts them on disk before a caller on this node learns a result."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,16 @@ from pmxcfs.journal import GroupCommit
 from pmxcfs.status.state import ClusterStatus
 from pmxcfs.storage import Database
 from pmxcfs.tree import Row, Tree, TreeError
+
+
+@contextlib.contextmanager
+def deferring(gc: GroupCommit) -> Iterator[None]:
+    """What DcdbApp does around applying one cluster message."""
+    gc.defer = True
+    try:
+        yield
+    finally:
+        gc.defer = False
 
 
 def _rows(path: Path) -> list[tuple[object, ...]]:
@@ -65,7 +76,7 @@ def test_staged_flush_equals_one_transaction_per_operation(tmp_path: Path, seed:
     grouped.journal = gc
     _random_ops(direct, random.Random(seed), 300)
     before = _rows(tmp_path / "grouped.db")
-    with gc.deferring():
+    with deferring(gc):
         _random_ops(grouped, random.Random(seed), 300)
     assert _rows(tmp_path / "grouped.db") == before  # nothing written while deferring
     assert gc.staged and gc.transactions == 0
@@ -80,7 +91,7 @@ def test_immediate_commit_carries_staged_rows_in_the_same_transaction(tmp_path: 
     db, tree = Database.open(str(tmp_path / "c.db"))
     gc = GroupCommit(db)
     tree.journal = gc
-    with gc.deferring():
+    with deferring(gc):
         tree.create("a.cfg", 2, 1)
         tree.write("a.cfg", 0, b"peer", 2, 2)
     tree.mkdir("d", 1, 3)  # not deferring: written at once, with what was staged first
@@ -96,11 +107,11 @@ def test_crash_before_flush_leaves_the_last_flushed_prefix(tmp_path: Path) -> No
     db, tree = Database.open(str(path))
     gc = GroupCommit(db)
     tree.journal = gc
-    with gc.deferring():
+    with deferring(gc):
         tree.create("one.cfg", 2, 1)
     gc.flush()
     flushed_version = tree.version
-    with gc.deferring():
+    with deferring(gc):
         tree.create("two.cfg", 2, 2)
         tree.delete("one.cfg", 2, 3)
     db.close()  # the process dies: what was staged is gone, the prefix stays
@@ -123,7 +134,7 @@ def test_failed_flush_keeps_rows_staged_until_discarded() -> None:
     store = _FailingStore()
     gc = GroupCommit(store)
     tree = Tree(gc)
-    with gc.deferring():
+    with deferring(gc):
         tree.create("a.cfg", 2, 1)
     with pytest.raises(OSError):
         gc.flush()

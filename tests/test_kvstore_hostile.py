@@ -20,19 +20,12 @@ from pmxcfs.kvstore.machine import KvstoreDfsm
 from pmxcfs.status.clusterlog import ClusterLog, make_entry
 from pmxcfs.status.render import render_members, render_rrd
 from pmxcfs.status.state import ClusterStatus, NodeInfo
+from tests.clock import Clock
 
 T0 = 1_700_000_000
 ME = (1, 100)
 PEER = (2, 200)
 STRANGER = (9, 900)  # a CPG member whose nodeid is not in the nodelist
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = float(T0)
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @dataclass
@@ -71,7 +64,7 @@ def peer_blob() -> bytes:
 
 def start_sync(states: dict[tuple[int, int], bytes] | None = None) -> Node:
     """Node 1 in a two-member sync; `states` overrides the peer's STATE payload."""
-    clock = Clock()
+    clock = Clock(T0)
     status = ClusterStatus("n1", clock=clock)
     status.set_cluster_info("clu", 1, [NodeInfo("n1", 1), NodeInfo("n2", 2)])
     clog = ClusterLog("n1", clock=clock)

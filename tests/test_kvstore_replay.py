@@ -26,6 +26,7 @@ from pmxcfs.status.clusterlog import ClusterLog
 from pmxcfs.status.render import render_members, render_rrd, render_version
 from pmxcfs.status.state import ClusterStatus, NodeInfo
 from pmxcfs.vmlist import VmList
+from tests.clock import Clock
 from tests.shared import VECTORS
 
 CAPTURE = VECTORS / "status-ipc-3node.jsonl.gz"
@@ -33,14 +34,6 @@ REPLIES = VECTORS / "ipc-replies.jsonl"
 GROUP = "pve_kvstore_v1"
 NODEIDS = {"n1": 1, "n2": 2, "n3": 3}
 IPS = {"n1": "10.213.9.1", "n2": "10.213.9.2", "n3": "10.213.9.3"}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @dataclass

@@ -12,16 +12,9 @@ from pmxcfs.kvstore.app import LOG, UPDATE, KvstoreApp
 from pmxcfs.kvstore.machine import KvstoreDfsm
 from pmxcfs.status.clusterlog import ClusterLog
 from pmxcfs.status.state import ClusterStatus, NodeInfo
+from tests.clock import Clock
 
 NODES = {1: "n1", 2: "n2", 3: "n3"}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @dataclass
@@ -61,7 +54,7 @@ def _count_updates(sim: Sim) -> dict[bytes, int]:
 
 def test_join_partition_restart() -> None:
     sim = Sim(total_nodes=3)
-    clock = Clock()
+    clock = Clock(1_700_000_000.0)
     p = {i: _proc(sim, clock, i, 100 + i) for i in NODES}
     sim.join(p[1].dfsm.me)
     sim.run()
@@ -114,7 +107,7 @@ def test_join_partition_restart() -> None:
 def test_sync_merges_the_live_local_log() -> None:
     """An entry made after our STATE went out is still in the merged log (C merges its ring)."""
     sim = Sim(total_nodes=2)
-    clock = Clock()
+    clock = Clock(1_700_000_000.0)
     a, b = _proc(sim, clock, 1, 101), _proc(sim, clock, 2, 102)
     sim.join(a.dfsm.me)
     sim.join(b.dfsm.me, a.dfsm.me)
@@ -128,7 +121,7 @@ def test_sync_merges_the_live_local_log() -> None:
 
 def test_announce_only_on_entering_synced() -> None:
     sim = Sim(total_nodes=2)
-    clock = Clock()
+    clock = Clock(1_700_000_000.0)
     a, b = _proc(sim, clock, 1, 101), _proc(sim, clock, 2, 102)
     a.app.set_status(b"kv/mine", b"x")
     sim.join(a.dfsm.me)

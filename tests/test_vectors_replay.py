@@ -25,19 +25,12 @@ from pmxcfs.dfsm.capture import CapConfChg, CapDeliver, CapOp, read_capture
 from pmxcfs.dfsm.codec import Mode, MsgType
 from pmxcfs.dfsm.machine import ConfChg, Deliver, Dfsm, Send
 from pmxcfs.tree import Tree
+from tests.clock import Clock
 from tests.shared import VECTORS
 
 CAPTURE = VECTORS / "dcdb-fs-ops-3node.jsonl.gz"
 GROUP = "pve_dcdb_v1"
 NODEIDS = {"n1": 1, "n2": 2, "n3": 3}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @dataclass
