@@ -10,6 +10,10 @@ namespace), then runs the measurement inside node1:
 * latency: ``--rtt`` sequential round trips (mcast, then wait for our own delivery),
   reported as p50/p90/p99.
 
+``--c-floor`` also builds ``bench/cpg_rtt.c`` (gcc, pkg-config libcpg) and runs the same
+sequential round trips from C in the same node, so the difference between the two is what
+Python (trio's loop, the cffi callbacks) adds to every message.
+
 Only figures are printed; nothing is asserted.
 """
 
@@ -22,6 +26,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,6 +125,7 @@ def outer(args: argparse.Namespace) -> None:
         wall = time.perf_counter() - wall
         coro_cpu = _cpu_seconds(coro_pid) - coro_cpu
         figures = json.loads(res.stdout.strip().splitlines()[-1])
+        c_figures = _c_floor(cluster, args) if args.c_floor else None
     print(f"cpg bench: {args.nodes}-node cluster, {args.size}-byte messages, one sender")
     print(f"  throughput      {figures['throughput_msgs_per_s']:10.0f} msgs/s "
           f"({args.count} msgs, mcast to own delivery)")  # fmt: skip
@@ -130,6 +136,26 @@ def outer(args: argparse.Namespace) -> None:
           f"({args.rtt} sequential samples)")  # fmt: skip
     print(f"  CPU during run  client {figures['client_cpu_s']:.1f} s, node1 corosync "
           f"{coro_cpu:.1f} s, wall {wall:.1f} s ({os.cpu_count()} CPUs)")  # fmt: skip
+    if c_figures is not None:
+        print(f"  C round trip p50 {c_figures['rtt_p50_us']:9.0f} us   "
+              f"p90 {c_figures['rtt_p90_us']:.0f} us   p99 {c_figures['rtt_p99_us']:.0f} us, "
+              f"client CPU {c_figures['cpu_us_per_rtt']:.0f} us per round trip "
+              f"(bench/cpg_rtt.c, same node, {args.rtt} samples)")  # fmt: skip
+
+
+def _c_floor(cluster: Any, args: argparse.Namespace) -> dict[str, float]:
+    """Build bench/cpg_rtt.c into a temporary directory and run it in node1."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="cpg-rtt-") as tmp:
+        exe = Path(tmp) / "cpg_rtt"
+        flags = subprocess.run(["pkg-config", "--cflags", "--libs", "libcpg"], check=True,
+                               capture_output=True, text=True).stdout.split()  # fmt: skip
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(exe), str(REPO / "bench/cpg_rtt.c"),
+                        *flags], check=True)  # fmt: skip
+        res = cluster[1].run([str(exe), str(args.rtt), str(args.size)], timeout=600)
+        return dict(json.loads(res.stdout.strip().splitlines()[-1]))
 
 
 def main() -> None:
@@ -138,6 +164,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--size", type=int, default=100)
     parser.add_argument("--rtt", type=int, default=2000)
+    parser.add_argument("--c-floor", action="store_true", help="also time round trips from C")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     (inner if args.inner else outer)(args)
