@@ -10,6 +10,8 @@ RESTART_FLAG_NAME = "cfs-restart-flag"
 PID_FILE = "/var/run/pve-cluster.pid"
 MOUNT_POINT = "/etc/pve"
 HOST_COROSYNC_CONF = "/etc/corosync/corosync.conf"
+RRD_DIR = "/var/lib/rrdcached/db"  # the RRD files the PVE graphs read (status-ipc §4.3)
+RRDCACHED_SOCKET = "/var/run/rrdcached.sock"
 
 MAX_FILE_SIZE = 1024 * 1024
 MAX_FS_SIZE = 128 * 1024 * 1024

@@ -38,6 +38,7 @@ from .runtime import (
 )
 from .status.clusterlog import ClusterLog
 from .status.render import render_members, render_rrd, render_version, render_vmlist
+from .status.rrdwriter import RrdWriter
 from .status.state import ClusterStatus
 from .storage import Database, DatabaseError
 from .tree import Change, Op, Tree, TreeError
@@ -208,6 +209,16 @@ def _import_corosync_conf(tree: Tree, path: str) -> None:
         raise StartupError(f"memdb_write failed - unable to import corosync.conf: {exc}") from exc
 
 
+def _start_rrd_writer(opts: Options, status: ClusterStatus) -> RrdWriter | None:
+    """RRD files for the PVE graphs (status-ipc §4.3); its thread starts after daemonizing."""
+    if not opts.rrd_dir:
+        log.debug("RRD files are not written (empty --rrd-dir)")
+        return None
+    writer = RrdWriter(opts.rrd_dir, opts.rrdcached_socket)
+    status.rrd_listeners.append(writer.submit)
+    return writer
+
+
 def start(opts: Options) -> int:
     pmxlog.setup(foreground=True, debug=opts.debug)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
@@ -248,9 +259,12 @@ def start(opts: Options) -> int:
     daemon = Daemon(
         opts, nodename, node_ip, gid, db, tree, status, clog, has_conf and not opts.local, ready
     )
+    rrd_writer = _start_rrd_writer(opts, status)
     try:
         rc = trio.run(daemon.run)
     finally:
+        if rrd_writer is not None:
+            rrd_writer.close()
         db.close()
         remove_file(opts.pid_file)
         os.close(lock_fd)

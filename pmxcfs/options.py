@@ -23,6 +23,8 @@ class Options:
     corosync_conf: str = C.HOST_COROSYNC_CONF
     nodename: str | None = None
     node_ip: str | None = None
+    rrd_dir: str = C.RRD_DIR
+    rrdcached_socket: str = C.RRDCACHED_SOCKET
     lock_timeout: int = C.LOCK_TIMEOUT
 
 
@@ -49,6 +51,18 @@ def parse(argv: list[str]) -> Options:
     g.add_argument(
         "--node-ip", default=None, help="node IP address (default: resolved from the node name)"
     )
+    g.add_argument(
+        "--rrd-dir",
+        default=C.RRD_DIR,
+        metavar="DIR",
+        help="where RRD files are written ('' writes none, e.g. for benchmarks)",
+    )
+    g.add_argument(
+        "--rrdcached-socket",
+        default=C.RRDCACHED_SOCKET,
+        metavar="FILE",
+        help="rrdcached's unix socket ('' updates RRD files directly)",
+    )
     p.add_argument("extra", nargs="*", help=argparse.SUPPRESS)
     ns = p.parse_args(argv)
     if ns.extra:
@@ -65,4 +79,6 @@ def parse(argv: list[str]) -> Options:
         corosync_conf=ns.corosync_conf,
         nodename=ns.nodename,
         node_ip=ns.node_ip,
+        rrd_dir=ns.rrd_dir,
+        rrdcached_socket=ns.rrdcached_socket,
     )

@@ -41,6 +41,7 @@ class Pmxcfs:
         self.nodename = nodename
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = base / "daemon.log"
+        self.rrd_dir = base / "rrd"
         #: how the daemon gets its network namespace (a test may join another one instead)
         self.netns_prefix: list[str] = ["unshare", "--net", "--"]
         for d in (self.mount, self.db_dir, self.run_dir):
@@ -73,6 +74,11 @@ class Pmxcfs:
             self.nodename,
             "--node-ip",
             "10.213.0.1",
+            # RRD files in our own directory, never the host's rrdcached (this one is absent)
+            "--rrd-dir",
+            str(self.rrd_dir),
+            "--rrdcached-socket",
+            str(self.base / "rrdcached.sock"),
         ]
         return a + list(extra)
 

@@ -86,3 +86,29 @@ def test_status_and_log_replicate(pc: PveCluster) -> None:
         (err, members), = ipc(pn, (2, b""))
         assert err == 0 and json.loads(members)["nodename"] == pn.name
         assert json.loads(members)["cluster"]["quorate"] == 1
+
+
+def test_rrd_update_writes_files_on_every_node(pc: PveCluster) -> None:
+    """pvestatd's SET_STATUS rrd/... on one node becomes an RRD file on every node (§4.3), in
+    each node's own RRD directory (pve_nodes: /run/rrdcached/db, private per node)."""
+    a, b, _c = pc.nodes
+    ts = int(time.time())
+    node = f"{ts}:0:{ts}:0.5:2:0.1:0:1000:500:0:0:2000:100:10:20"  # uptime:sublevel:ts:...
+    vm = f"60:web:running:0:{ts}:2:0.2:1000:300:5000:100:1:2:3:4"
+    assert ipc(a, (4, name(f"rrd/pve2-node/{a.name}".encode()) + node.encode() + b"\0")) == [
+        (0, b"")
+    ]
+    assert ipc(b, (4, name(b"rrd/pve2.3-vm/4242") + vm.encode() + b"\0")) == [(0, b"")]
+    for pn in pc.nodes:
+        for rel, first in ((f"pve2-node/{a.name}", "loadavg"), ("pve2-vm/4242", "maxcpu")):
+            path = f"/run/rrdcached/db/{rel}"
+
+            def last(pn: PveNode = pn, path: str = path) -> str:
+                r = subprocess.run(pn.node.ns_argv(["rrdtool", "lastupdate", path]),
+                                   capture_output=True, text=True, timeout=30)  # fmt: skip
+                return r.stdout if r.returncode == 0 else ""
+
+            out = wait_for(f"{pn.name} to write {rel}", last)
+            header, _blank, row = out.splitlines()[:3]
+            assert header.split()[0] == first
+            assert row.split(":")[0] == str(ts), out

@@ -119,6 +119,8 @@ class ClusterStatus:
     rrd: RrdTable = field(default_factory=RrdTable)
     path_versions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(VERSIONED_PATHS, 0))
     quorum_listeners: list[Callable[[bool], None]] = field(default_factory=list)
+    # (key without rrd/, data) of every accepted RRD update, ours and peers': the disk writer
+    rrd_listeners: list[Callable[[str, str], None]] = field(default_factory=list)
     clock: Callable[[], float] = time.time  # RRD entry times
 
     def set_quorate(self, quorate: bool) -> None:
@@ -183,7 +185,10 @@ class ClusterStatus:
             data = _c_string(value, RRD_VALUE_MAX)
             if data is None:
                 return False
-            self.rrd.update(key[len(RRD_PREFIX) :].decode("utf-8", "replace"), data, self.clock())
+            rrd_key = key[len(RRD_PREFIX) :].decode("utf-8", "replace")
+            self.rrd.update(rrd_key, data, self.clock())
+            for fn in self.rrd_listeners:
+                fn(rrd_key, data)
             return True
         if key == NODEIP_KEY:
             ip = _c_string(value, NODEIP_MAX)

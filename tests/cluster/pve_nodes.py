@@ -48,6 +48,7 @@ from tests.cluster.harness import (
 MOUNT = "/etc/pve"
 DB_DIR = "/var/lib/pve-cluster"
 RUN_DIR = "/run/pve-cluster"
+RRD_DIR = "/run/rrdcached/db"
 COROSYNC_CONF = "/etc/corosync/corosync.conf"
 #: root entries that are not tree entries (generated files, symlinks)
 FIXED_ROOT = frozenset(
@@ -386,6 +387,7 @@ class PveNode:
             "--mount", MOUNT, "--db-dir", DB_DIR, "--run-dir", RUN_DIR,
             "--pid-file", f"{RUN_DIR}/pmxcfs.pid", "--corosync-conf", COROSYNC_CONF,
             "--nodename", self.name, "--node-ip", self.node.addr,
+            "--rrd-dir", RRD_DIR,  # private (under /run), never the host's RRD files
         ]  # fmt: skip
 
     def mounted(self) -> bool:
