@@ -25,6 +25,7 @@ from pmxcfs.dcdb.codec import FUSE_HEADER, FuseOp, Subtype, UnlockMsg
 from pmxcfs.dfsm import codec
 from tests.cluster.harness import HarnessError, JsonProc
 from tests.cluster.pve_nodes import PveCluster, PveNode, Snapshot, describe_diff
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -116,17 +117,6 @@ def expect(
                 + describe_diff(snaps)
             )
         time.sleep(0.1)
-
-
-def wait_until(what: str, pred: Any, timeout: float = 30.0, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def ack_of(rid: int) -> Callable[[dict[str, Any]], bool]:

@@ -19,6 +19,7 @@ import pytest
 
 from tests.cluster.pve_nodes import PveCluster, PveNode
 from tests.daemon_harness import PYTHON, REPO
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -45,24 +46,13 @@ def name(s: bytes) -> bytes:
     return s.ljust(256, b"\x00")
 
 
-def wait_for(what: str, fn: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
 def test_status_and_log_replicate(pc: PveCluster) -> None:
     a, b, c = pc.nodes
     value = b'{"tag": "' + secrets.token_hex(8).encode() + b'"}\x00'
     assert ipc(a, (4, name(b"kv/ipc-test") + value)) == [(0, b"")]
     assert ipc(a, (5, name(b"kv/ipc-test") + name(b""))) == [(0, value)]
     for other in (b, c):
-        wait_for(
+        wait_until(
             f"{other.name} to see {a.name}'s value",
             lambda o=other: ipc(o, (5, name(b"kv/ipc-test") + name(a.name.encode())))
             == [(0, value)],
@@ -73,7 +63,7 @@ def test_status_and_log_replicate(pc: PveCluster) -> None:
     p = bytes([6, len(ident) + 1, len(tag) + 1]) + ident + b"\0" + tag + b"\0" + msg + b"\0"
     assert ipc(b, (7, p)) == [(0, b"")]
     for pn in pc.nodes:
-        entry = wait_for(
+        entry = wait_until(
             f"{pn.name} to show the log entry",
             lambda pn=pn: [
                 e for e in json.loads(pn.read(".clusterlog") or b"{}").get("data", [])
@@ -108,7 +98,7 @@ def test_rrd_update_writes_files_on_every_node(pc: PveCluster) -> None:
                                    capture_output=True, text=True, timeout=30)  # fmt: skip
                 return r.stdout if r.returncode == 0 else ""
 
-            out = wait_for(f"{pn.name} to write {rel}", last)
+            out = wait_until(f"{pn.name} to write {rel}", last)
             header, _blank, row = out.splitlines()[:3]
             assert header.split()[0] == first
             assert row.split(":")[0] == str(ts), out
