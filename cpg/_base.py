@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import select
 from collections.abc import Callable
 from typing import ClassVar, Generic, TypeVar
 
@@ -96,6 +97,11 @@ class Service:
         #: called after every dispatch that ran without a callback error, before the
         #: dispatching task yields (end of a batch of callbacks: group commit, flushes)
         self.after_dispatch: Callable[[], None] | None = None
+        #: called right before every dispatch: lets events of another handle that are
+        #: already pending (quorum) take priority over this one's
+        self.before_dispatch: Callable[[], None] | None = None
+        self._poller: select.poll | None = None  # for dispatch_ready
+        self._poller_fd = -1
 
     # -- subclass hooks
     def _lib_finalize(self, handle: int) -> None:
@@ -227,6 +233,8 @@ class Service:
 
         while True:
             handle = self._h(f"{self._kind}_dispatch")
+            if self.before_dispatch is not None:
+                self.before_dispatch()
             self._busy += 1
             try:
                 rc = self._lib_dispatch(handle, lib.CS_DISPATCH_ALL)
@@ -243,6 +251,36 @@ class Service:
                 continue
             self._check(rc, f"{self._kind}_dispatch")
             return
+
+    def dispatch_ready(self) -> None:
+        """Run the callbacks of events already pending, synchronously, without waiting.
+
+        For priority between handles (quorum before CPG deliveries); TRY_AGAIN and a lost
+        connection are left to the task running :meth:`run`.
+        """
+        if self.closed or self._busy:
+            return
+        poller = self._poller
+        if poller is None or self._poller_fd != self._fd:
+            poller = self._poller = select.poll()
+            poller.register(self._fd, select.POLLIN)
+            self._poller_fd = self._fd
+        if not poller.poll(0):
+            return
+        from ._corosync import lib
+
+        handle = self._h(f"{self._kind}_dispatch")
+        self._busy += 1
+        try:
+            rc = self._lib_dispatch(handle, lib.CS_DISPATCH_ALL)
+        finally:
+            self._busy -= 1
+        self._release_if_pending()
+        err, self._callback_error = self._callback_error, None
+        if err is not None:
+            raise err
+        if rc != CS_OK and rc != CSErrTryAgain.code:
+            self._check(rc, f"{self._kind}_dispatch")
 
     async def run(self) -> None:
         """Dispatch loop driven by fd readiness (``wait_readable``), never by polling.

@@ -14,6 +14,8 @@ from .errors import CS_OK, error_for
 
 #: ``votequorum_info.flags`` bit: this node is quorate.
 INFO_QUORATE: int = lib.VOTEQUORUM_INFO_QUORATE
+#: ``votequorum_info.flags`` bit: a quorum device casts its votes for this partition.
+INFO_QDEVICE_CAST_VOTE: int = lib.VOTEQUORUM_INFO_QDEVICE_CAST_VOTE
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,11 @@ class VotequorumInfo:
     @property
     def quorate(self) -> bool:
         return bool(self.flags & INFO_QUORATE)
+
+    @property
+    def qdevice_votes_cast(self) -> int:
+        """Votes the quorum device gives this partition (0 when it casts none)."""
+        return self.qdevice_votes if self.flags & INFO_QDEVICE_CAST_VOTE else 0
 
 
 class Votequorum(Service):

@@ -8,6 +8,7 @@ host file (filesystem.md §9.4).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -17,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -24,6 +26,7 @@ from .constants import COROSYNC_CONF, DB_DIR, HOST_COROSYNC_CONF
 from .dcdb.app import DcdbApp
 from .dcdb.backend import ClusterBackend
 from .dcdb.marker import SyncMarker
+from .dcdb.writegate import WriteGate
 from .dfsm.codec import DCDB_PROTOCOL_VERSION
 from .dfsm.driver import DfsmDriver
 from .dfsm.machine import DEFAULT_VERIFY_INTERVAL, ConfChg, Dfsm, Mode, Tick
@@ -34,9 +37,15 @@ from .status.clusterlog import ClusterLog
 from .status.state import ClusterStatus, NodeInfo
 from .tree import Change, Op, Tree
 
+if TYPE_CHECKING:
+    from cpg import Votequorum
+
 log = logging.getLogger("pmxcfs.cluster")
 
 RESTART_DELAY = 5.0
+#: after leaving the group for a resync (C: the same 5 s start job); shorter keeps the group
+#: at full votes, which the write gate needs
+REJOIN_DELAY = 1.0
 MARKER_INTERVAL = 10  # seconds between sync-marker updates while synced
 _CONFIG_VERSION = re.compile(rb"config_version\s*:\s*(\d+)")
 
@@ -48,6 +57,7 @@ class ClusterOptions:
     sync_marker_path: str | None = os.path.join(DB_DIR, ".pmxcfs-synced")
     verify_interval: float | None = DEFAULT_VERIFY_INTERVAL
     restart_delay: float = RESTART_DELAY
+    rejoin_delay: float = REJOIN_DELAY
     online_from_dcdb: bool = True  # only without the kvstore group (which sets them, §5.2)
     cfgtool: tuple[str, ...] = ("corosync-cfgtool", "-R")
 
@@ -124,9 +134,14 @@ class ClusterServices:
         # every applied message is staged; flushed before answering a caller here
         self.journal = GroupCommit(tree.journal)
         tree.journal = self.journal
+        # writes need corosync quorum and a replication group holding quorum's votes
+        self.gate = WriteGate(lambda: status.quorate)
+        self.gate.listeners.append(self._on_writable)
+        self._quorum: object | None = None  # the live cpg.Quorum, for dispatch priority
+        self._votequorum: Votequorum | None = None  # queried at each quorum notification
         self.app = DcdbApp(
             tree,
-            quorate=lambda: status.quorate,
+            gate=self.gate,
             lost_found_dir=options.lost_found_dir,
             marker=SyncMarker(options.sync_marker_path),
             group_commit=self.journal,
@@ -144,7 +159,7 @@ class ClusterServices:
         self.driver = DfsmDriver(self.dfsm)
         self.driver.track_answers = True
         self._flush_due = trio.Event()
-        self.backend = ClusterBackend(tree, self.driver, lambda: status.quorate)
+        self.backend = ClusterBackend(tree, self.driver, self.gate)
         self._nursery: trio.Nursery | None = None
         self.runner = GroupRunner(
             "dcdb",
@@ -154,6 +169,8 @@ class ClusterServices:
             on_identity=self._on_identity,
             on_confchg=self._on_confchg,
             after_dispatch=self._after_dispatch,
+            before_dispatch=self._quorum_first,
+            rejoin_delay=min(options.rejoin_delay, options.restart_delay),
         )
         self.connected = self.runner.connected
 
@@ -219,8 +236,10 @@ class ClusterServices:
             self._save_marker()
 
     def _save_marker(self) -> None:
-        """While synced, the whole tree is cluster history (bounded staleness is only noise)."""
-        if self.dfsm.mode is Mode.SYNCED:
+        """While synced with a group that may write, the whole tree is cluster history
+        (bounded staleness is only noise). A node alone in its group also counts as synced,
+        but shares nothing: what it changes then must stay above the marker (lost+found)."""
+        if self.dfsm.mode is Mode.SYNCED and self.gate.writable:
             self.app.marker.save(self.tree.root.version)
 
     # ------------------------------------------------------------------ quorum
@@ -232,6 +251,50 @@ class ClusterServices:
         elif old and not quorate:
             log.error("node lost quorum")
         self.status.set_quorate(quorate)
+        self._update_votes()
+        self.gate.changed()
+
+    def _update_votes(self) -> None:
+        """votequorum's threshold and the quorum device's votes (one local IPC round trip,
+        once per quorum notification); the nodelist's votes come from cmap."""
+        from cpg import CorosyncError, Votequorum
+
+        nodeid = self.dfsm.nodeid
+        if nodeid == 0:
+            return
+        try:
+            vq = self._votequorum
+            if vq is None or vq.closed:
+                vq = self._votequorum = Votequorum()
+            info = vq.getinfo(nodeid)
+        except CorosyncError as exc:
+            log.debug("votequorum_getinfo failed: %s", exc)
+            if self._votequorum is not None:
+                self._votequorum.finalize()
+                self._votequorum = None
+            return
+        self.gate.set_votes(info.quorum, info.qdevice_votes_cast)
+
+    def _on_writable(self, writable: bool) -> None:
+        """Writes open or close (also without a corosync quorum flip): the modes change."""
+        if writable:
+            log.info("dcdb: writes accepted")
+        else:
+            log.warning("dcdb: writes refused (%s)", self.gate.reason())
+        for fn in self.status.quorum_listeners:
+            fn(writable)
+
+    def _quorum_first(self) -> None:
+        """Quorum events already pending are handled before the deliveries that follow
+        them, as the reference's poll priorities do (issue 10, loss 1)."""
+        q = self._quorum
+        if q is not None:
+            from cpg import CorosyncError, Quorum
+
+            assert isinstance(q, Quorum)
+            # an error is the quorum task's to see (it reconnects)
+            with contextlib.suppress(CorosyncError):
+                q.dispatch_ready()
 
     async def run_quorum(self) -> None:
         from cpg import CorosyncError, Quorum
@@ -244,13 +307,16 @@ class ClusterServices:
                 self.status.set_quorate(False)
                 await trio.sleep(self.options.restart_delay)
                 continue
+            self._quorum = q
             try:
                 await q.run()
             except CorosyncError as exc:
                 log.error("quorum service lost: %s", exc)
             finally:
+                self._quorum = None
                 q.finalize()
                 self.status.set_quorate(False)
+                self.gate.changed()
             await trio.sleep(1)
 
     # ------------------------------------------------------------------ cmap
@@ -263,6 +329,9 @@ class ClusterServices:
             info.cluster_name,
             info.config_version,
             [NodeInfo(n.name, n.nodeid, n.votes) for n in info.nodes],
+        )
+        self.gate.set_votes(
+            self.gate.needed, self.gate.extra_votes, {n.nodeid: n.votes for n in info.nodes}
         )
 
     async def run_cmap(self) -> None:

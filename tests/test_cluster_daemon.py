@@ -403,6 +403,49 @@ def test_partitioned_node_is_read_only_and_catches_up(pc: PveCluster) -> None:
     expect_file(pc, "t4/after-heal", b"node3 writes again\n")
 
 
+def test_quorate_node_alone_in_the_group_refuses_writes(pc: PveCluster) -> None:
+    """Issue 10, loss 2: corosync counts all three nodes (quorate), but node2's and node3's
+    pmxcfs are gone, so node1 is alone in pve_dcdb_v1 and its tree may be stale. It refuses
+    writes (EACCES, read-only modes) instead of acknowledging what a later sync would drop,
+    and opens again as soon as a second daemon joins and syncs."""
+    n1, n2, n3 = pc[1], pc[2], pc[3]
+    mkdirs(n1, "t4b")
+    n1.write("t4b/pre", "before\n")
+    pc.wait_converged()
+    n2.stop_daemon()
+    n3.stop_daemon()
+    try:
+        wait_until(
+            "node1 refuses writes alone",
+            lambda: n1.err("write", path="t4b/alone", data="x") == "EACCES",
+            timeout=30,
+        )
+        assert n1.members()["cluster"]["quorate"] == 1  # corosync's view is unchanged
+        assert n1.err("mkdir", path="t4b/alone-dir") == "EACCES"
+        assert n1.err("write", path="t4b/pre", data="x", mode="a") == "EACCES"
+        wait_until(
+            "t4b read-only on node1",
+            lambda: n1.ok("stat", path="t4b")["mode"] & 0o777 == 0o555,
+            timeout=10,
+        )
+        assert n1.read("t4b/pre") == b"before\n"
+        assert "writes refused (replication group holds 1 of the 2 votes" in n1.log_text()
+        n2.start_daemon()
+        wait_until(
+            "node1 writable with node2",
+            lambda: n1.call("write", path="t4b/pair", data="pair\n")["ok"],
+            timeout=60,
+        )
+    finally:
+        for pn in (n2, n3):
+            if not pn.daemon_running:
+                pn.start_daemon()
+    pc.wait_ready(timeout=90)
+    snap = pc.wait_converged(timeout=60)
+    assert "t4b/alone" not in snap and "t4b/alone-dir" not in snap
+    assert snap["t4b/pair"][4] == sha(b"pair\n")
+
+
 def expect_file(pc: PveCluster, path: str, data: bytes, timeout: float = 20.0) -> None:
     wait_until(f"{path} everywhere", lambda: all(pn.read(path) == data for pn in pc), timeout)
 

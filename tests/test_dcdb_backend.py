@@ -12,6 +12,7 @@ import trio.testing
 
 from pmxcfs.dcdb.app import DcdbApp
 from pmxcfs.dcdb.backend import ClusterBackend
+from pmxcfs.dcdb.writegate import WriteGate
 from pmxcfs.dfsm.codec import Mode
 from pmxcfs.dfsm.driver import DfsmDriver
 from pmxcfs.dfsm.machine import ConfChg, Deliver, Dfsm
@@ -58,9 +59,10 @@ class Bus:
 class Node:
     def __init__(self, bus: Bus, nodeid: int, quorum: dict[int, bool]) -> None:
         self.tree = Tree()
-        self.app = DcdbApp(self.tree, quorate=lambda: quorum[nodeid])
+        self.gate = WriteGate(lambda: quorum[nodeid])
+        self.app = DcdbApp(self.tree, gate=self.gate)
         self.driver = DfsmDriver(Dfsm(nodeid, 100 + nodeid, self.app, name=f"n{nodeid}"))
-        self.backend = ClusterBackend(self.tree, self.driver, lambda: quorum[nodeid])
+        self.backend = ClusterBackend(self.tree, self.driver, self.gate)
         bus.drivers[(nodeid, 100 + nodeid)] = self.driver
         self.mcast = bus.mcast_for((nodeid, 100 + nodeid))
 

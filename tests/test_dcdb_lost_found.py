@@ -11,6 +11,7 @@ import pytest
 
 from pmxcfs.dcdb.app import DcdbApp
 from pmxcfs.dcdb.codec import encode_index
+from pmxcfs.dcdb.writegate import WriteGate
 from pmxcfs.dfsm import codec
 from pmxcfs.dfsm.codec import Epoch, Mode, MsgType
 from pmxcfs.dfsm.machine import ConfChg, Deliver, Dfsm, Leave
@@ -41,9 +42,9 @@ def test_loser_saves_overwritten_and_deleted_entries(
     clog: list[str] = []
     sim = Sim(total_nodes=2)
     apps = {
-        1: DcdbApp(t1, quorate=lambda: True, lost_found_dir=str(lf / "n1")),
+        1: DcdbApp(t1, gate=WriteGate(lambda: True), lost_found_dir=str(lf / "n1")),
         2: DcdbApp(
-            t2, quorate=lambda: True, lost_found_dir=str(lf / "n2"), cluster_log=clog.append
+            t2, gate=WriteGate(lambda: True), lost_found_dir=str(lf / "n2"), cluster_log=clog.append
         ),
     }
     for n, app in apps.items():

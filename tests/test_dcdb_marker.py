@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pmxcfs.dcdb.app import DcdbApp
 from pmxcfs.dcdb.marker import SyncMarker
+from pmxcfs.dcdb.writegate import WriteGate
 from pmxcfs.dfsm.machine import Dfsm
 from pmxcfs.dfsm.sim import Sim
 from pmxcfs.tree import Tree
@@ -15,9 +16,9 @@ T0 = 1_700_000_000
 
 
 def two_nodes(t1: Tree, t2: Tree, marker: SyncMarker, lf: Path) -> DcdbApp:
-    app2 = DcdbApp(t2, quorate=lambda: True, lost_found_dir=str(lf), marker=marker)
+    app2 = DcdbApp(t2, gate=WriteGate(lambda: True), lost_found_dir=str(lf), marker=marker)
     sim = Sim(total_nodes=2)
-    sim.add(Dfsm(1, 1, DcdbApp(t1, quorate=lambda: True)))
+    sim.add(Dfsm(1, 1, DcdbApp(t1, gate=WriteGate(lambda: True))))
     sim.add(Dfsm(2, 2, app2))
     sim.join((1, 1))
     sim.join((2, 2), (1, 1))

@@ -141,7 +141,7 @@ def make_node() -> Node:
     driver.direct = fake.direct
     driver.feed(ConfChg((ME,), (), (ME,)))
     assert dfsm.mode is Mode.SYNCED
-    return Node(tree, dfsm, driver, ClusterBackend(tree, driver, lambda: True), fake)
+    return Node(tree, dfsm, driver, ClusterBackend(tree, driver, app.gate), fake)
 
 
 async def outcome(results: dict[str, object], key: str, fn: Callable[[], Awaitable[Any]]) -> None:

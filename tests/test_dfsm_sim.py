@@ -7,6 +7,7 @@ import errno
 from pmxcfs.constants import DT_DIR, DT_REG, VERSION_ROW_NAME
 from pmxcfs.dcdb.app import DcdbApp
 from pmxcfs.dcdb.codec import FuseOp, Subtype, decode_index
+from pmxcfs.dcdb.writegate import WriteGate
 from pmxcfs.dfsm import codec
 from pmxcfs.dfsm.codec import Mode
 from pmxcfs.dfsm.machine import Deliver, Dfsm, Tick
@@ -48,7 +49,7 @@ class Cluster:
             tree.clock = self.clock
             app = DcdbApp(
                 tree,
-                quorate=lambda m=m: self.sim.procs[m].quorate,
+                gate=WriteGate(lambda m=m: self.sim.procs[m].quorate),
                 clock=self.clock,
                 **app_kw,  # type: ignore[arg-type]
             )

@@ -26,6 +26,7 @@ from ..vmlist import VmListError
 from . import codec
 from .codec import FuseOp, Index, Subtype, UpdateEntry
 from .marker import SyncMarker
+from .writegate import WriteGate
 
 log = logging.getLogger("pmxcfs.dcdb")
 
@@ -114,7 +115,7 @@ class DcdbApp:
         self,
         tree: Tree,
         *,
-        quorate: Callable[[], bool] = lambda: True,
+        gate: WriteGate | None = None,
         lost_found_dir: str | None = None,
         marker: SyncMarker | None = None,
         cluster_log: Callable[[str], None] | None = None,
@@ -125,7 +126,8 @@ class DcdbApp:
         self.tree = tree
         #: when set, operations applied from messages are staged and flushed in groups
         self.group_commit = group_commit
-        self.quorate = quorate
+        #: whether writes may be applied; fed the group at every confchg, in totem order
+        self.gate = gate if gate is not None else WriteGate()
         self.lost_found_dir = lost_found_dir
         self.marker = marker or SyncMarker(None)
         self.local_member: Member | None = None  # (nodeid, pid) once joined
@@ -148,7 +150,7 @@ class DcdbApp:
         self.ctx = None
 
     def confchg(self, members: Sequence[Member]) -> None:
-        return None
+        self.gate.set_group(m[0] for m in members)
 
     def checksum(self) -> bytes | None:
         return checksum.verify_checksum(self.tree.index.values())
@@ -316,8 +318,8 @@ class DcdbApp:
         if not _WRITE <= subtype <= _UNLOCK:
             log.error("dcdb: unknown message subtype %d from node %d", subtype, sender[0])
             return self._observe(sender, count, subtype, DeliverOutcome(-1, fatal=True))
-        if not self.quorate():
-            log.error("dcdb: received write while not quorate - trigger resync")
+        if not self.gate.writable:
+            log.error("dcdb: received write while %s - trigger resync", self.gate.reason())
             return self._observe(sender, count, subtype, DeliverOutcome(-1, fatal=True))
         tree = self.tree
         gc = self.group_commit
@@ -398,7 +400,7 @@ class DcdbApp:
         if e is None or checksum.lock_checksum(e) != msg.csum:
             return DeliverOutcome(0)
         if subtype == Subtype.UNLOCK_REQUEST:
-            if lowest and tree.lock_expired(path, msg.csum) and self.quorate():
+            if lowest and tree.lock_expired(path, msg.csum) and self.gate.writable:
                 log.info("dcdb: lock %s expired - sending unlock", path)
                 return DeliverOutcome(0, sends=((Subtype.UNLOCK, msg.encode()),))
             return DeliverOutcome(0)

@@ -1,6 +1,7 @@
 """ClusterBackend: the filesystem's write path in cluster mode (wire-protocol §5.1, §5.7, §7).
 
-Every mutation is checked against quorum (EACCES, nothing sent), multicast as a DCDB message
+Every mutation is checked against the write gate (corosync quorum and a replication group that
+holds quorum's votes; EACCES, nothing sent), multicast as a DCDB message
 and answered with the result this node computed when its own message came back in total
 order. Nothing a C peer would crash on is ever sent (RENAME onto itself, missing paths).
 """
@@ -9,12 +10,12 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable
 
 from .. import checksum, paths
 from ..dfsm.driver import DfsmDriver
 from ..tree import Tree, TreeError
 from .codec import FuseOp, Subtype, UnlockMsg
+from .writegate import WriteGate
 
 log = logging.getLogger("pmxcfs.dcdb")
 
@@ -34,17 +35,18 @@ def wire_path(path: str) -> bytes:
 class ClusterBackend:
     """Implements pmxcfs.backend.Backend on top of a DfsmDriver running DCDB."""
 
-    def __init__(self, tree: Tree, driver: DfsmDriver, quorate: Callable[[], bool]) -> None:
+    def __init__(self, tree: Tree, driver: DfsmDriver, gate: WriteGate) -> None:
         self.tree = tree
         self.driver = driver
-        self._quorate = quorate
+        self.gate = gate
 
     @property
     def quorate(self) -> bool:
-        return self._quorate()
+        """Writable: what the filesystem shows as quorum (modes, EACCES)."""
+        return self.gate.writable
 
     async def _send(self, subtype: Subtype, op: FuseOp) -> int:
-        if not self._quorate():
+        if not self.gate.writable:
             raise TreeError(errno.EACCES, "cluster not ready - no quorum?")
         res = await self.driver.request(subtype, op.encode())
         if res < 0:
@@ -81,7 +83,7 @@ class ClusterBackend:
 
     async def set_mtime(self, path: str, mtime: int) -> None:
         raw = wire_path(path)
-        if mtime == 0 and self._quorate():
+        if mtime == 0 and self.gate.writable:
             lock = self.tree.lock_entry(path)
             if lock is not None:
                 msg = UnlockMsg(checksum.lock_checksum(lock), raw)

@@ -162,7 +162,8 @@ class Application(Protocol):
         """32-byte verify checksum, or None if this application has no verify."""
 
     def confchg(self, members: Sequence[Member]) -> None:
-        """Membership hook (kvstore: online flags)."""
+        """A membership this node is part of, before anything is delivered under it (dcdb:
+        the write gate's group; kvstore: online flags)."""
 
     def synced(self) -> Sequence[tuple[int, bytes]]:
         """Entering SYNCED: NORMAL messages to send (kvstore: the nodeip announce)."""
@@ -446,6 +447,8 @@ class Dfsm:
             if self.mode != Mode.START:
                 self._fatal("we are no longer a member of the group")
             return
+        # before anything is delivered under the new membership (the queue, below)
+        self.app.confchg(list(ev.members))
         if len(ev.members) > 1:
             if ev.joined and self.msg_queue:
                 for q in self.msg_queue:
@@ -460,7 +463,6 @@ class Dfsm:
             self._by_id[self.me].synced = True
             if not self._deliver_queue():
                 self._fatal("delivering the queue failed")
-        self.app.confchg(list(ev.members))
 
     # ------------------------------------------------------------------ receive path
 

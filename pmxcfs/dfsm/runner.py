@@ -1,7 +1,9 @@
 """Keeps one DFSM in one CPG group for the life of the daemon (wire-protocol §2.7).
 
 Connect, learn our identity, join, send directly or through the sender task, leave when the
-machine asks to, and start over `restart_delay` later after a leave or a lost corosync;
+machine asks to, and start over `rejoin_delay` later after a leave (a resync: the sooner the
+node is back, the sooner its group holds quorum's votes again), `restart_delay` after a lost
+corosync;
 stop for good in ERROR / VERSION_ERROR. The dcdb and kvstore services differ only in the
 group, the hooks and the log prefix.
 """
@@ -31,14 +33,18 @@ class GroupRunner:
         on_identity: Callable[[], None] | None = None,
         on_confchg: Callable[[ConfChg], None] | None = None,
         after_dispatch: Callable[[], None] | None = None,
+        before_dispatch: Callable[[], None] | None = None,
+        rejoin_delay: float | None = None,
     ) -> None:
         self.name = name
         self.group = group  # joined as pmxcfs does: with its terminating NUL
         self.driver = driver
         self.restart_delay = restart_delay
+        self.rejoin_delay = restart_delay if rejoin_delay is None else rejoin_delay
         self.on_identity = on_identity
         self.on_confchg = on_confchg
         self.after_dispatch = after_dispatch
+        self.before_dispatch = before_dispatch
         self.connected = trio.Event()  # set at the first successful join
         self.joined = False  # a handle is joined right now (sends can go out)
 
@@ -74,7 +80,9 @@ class GroupRunner:
                 await trio.sleep(self.restart_delay)
                 continue
             warned = False
+            delay = self.restart_delay
             cpg.after_dispatch = self.after_dispatch
+            cpg.before_dispatch = self.before_dispatch
             if dfsm.nodeid == 0:
                 dfsm.set_identity(cpg.nodeid, os.getpid())
             if self.on_identity is not None:
@@ -91,6 +99,7 @@ class GroupRunner:
                     self.connected.set()
                     await self.driver.leave_requested.wait()
                     log.warning("%s: leaving group (mode %s)", self.name, dfsm.mode.name)
+                    delay = self.rejoin_delay
                     self.joined = False
                     try:
                         await cpg.leave()
@@ -103,4 +112,4 @@ class GroupRunner:
                 self.joined = False
                 cpg.finalize()
                 self.driver.disconnect()
-            await trio.sleep(self.restart_delay)
+            await trio.sleep(delay)

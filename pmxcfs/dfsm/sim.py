@@ -59,6 +59,9 @@ class Sim:
         self.auto_rejoin = True
         self.delivered = 0
         self.groups: list[set[int]] | None = None  # current partition, for rejoining
+        #: False: quorum flags stay as a test sets them (corosync's view can lag the CPG's
+        #: or count nodes whose process left the group)
+        self.auto_quorum = True
 
     # ------------------------------------------------------------------ topology
 
@@ -74,6 +77,8 @@ class Sim:
         return None
 
     def _update_quorum(self) -> None:
+        if not self.auto_quorum:
+            return
         total = self.total_nodes or len({m[0] for m in self.procs})
         for c in self.components:
             nodes = {m[0] for m in c.members}

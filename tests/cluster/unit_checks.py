@@ -363,6 +363,29 @@ async def quorum_notifications() -> None:
 
 
 @check
+async def quorum_dispatch_ready_takes_priority() -> None:
+    """dispatch_ready runs notifications already pending, synchronously, with no task (how
+    the dcdb group lets quorum go first), and does nothing when none are pending."""
+    q = Quorum()
+    try:
+        assert q.last is None
+        with trio.fail_after(10):
+            while q.last is None:  # trackstart's notification is on its way
+                q.dispatch_ready()
+                await trio.sleep(0.01)
+        assert q.quorate and q.last.members == (1,), q.last
+        first = q.last
+        q.dispatch_ready()  # nothing pending: returns at once, changes nothing
+        assert q.last is first
+        with Cpg() as c, Votequorum() as v:
+            assert v.getinfo(c.nodeid).qdevice_votes_cast == 0
+    finally:
+        q.finalize()
+    q.dispatch_ready()  # finalized: a no-op, never an error
+    assert q.quorate is False
+
+
+@check
 async def corosync_not_running() -> None:
     """Without corosync every service raises CorosyncUnavailable (CS_ERR_LIBRARY)."""
     for cls in (Cpg, Quorum, Cmap, Votequorum):
