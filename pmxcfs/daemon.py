@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import pyfuse3
 import trio
@@ -18,6 +19,9 @@ from . import log as pmxlog
 from .backend import Backend, LocalBackend
 from .constants import COROSYNC_CONF, DB_NAME, LOCKFILE_NAME, RESTART_FLAG_NAME, UMASK
 from .constants import WWW_DATA_GROUP as WWW_DATA
+from .control.protocol import SOCKET_NAME as ADMIN_SOCKET
+from .control.server import start_admin
+from .control.snapshot import Sources
 from .fs.invalidator import Invalidator
 from .fs.namespace import Namespace, debug_writer
 from .fs.operations import Filesystem
@@ -37,11 +41,16 @@ from .runtime import (
     write_pid_file,
 )
 from .status.clusterlog import ClusterLog
+from .status.clusterlog_store import FILE_NAME as CLUSTERLOG_FILE
+from .status.clusterlog_store import ClusterLogStore
 from .status.render import render_members, render_rrd, render_version, render_vmlist
 from .status.rrdwriter import RrdWriter
 from .status.state import ClusterStatus
 from .storage import Database, DatabaseError
 from .tree import Change, Op, Tree, TreeError
+
+if TYPE_CHECKING:
+    from .cluster import ClusterServices
 
 log = logging.getLogger("pmxcfs.main")
 
@@ -74,6 +83,11 @@ class Daemon:
     clog: ClusterLog
     cluster_mode: bool
     ready: ReadyPipe
+    clog_store: ClusterLogStore | None = None  # keeps the cluster log across restarts
+    # what the admin socket reads (pmxcfs-admin status); set as they start
+    rrd_writer: RrdWriter | None = None
+    services: ClusterServices | None = None
+    ipc_server: Any = None
 
     @property
     def restart_flag(self) -> str:
@@ -117,6 +131,8 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._fuse_main, nursery)
                 nursery.start_soon(invalidator.run)
+                if self.clog_store is not None:
+                    nursery.start_soon(self.clog_store.run)
                 nursery.start_soon(self._signals, nursery)
                 ipc_state = IpcState(self.tree, self.status, self.clog)
                 if self.cluster_mode:
@@ -126,6 +142,7 @@ class Daemon:
                         fs.backend = cluster
                         fs.quorate = lambda: cluster.quorate
                 await self._start_ipc(nursery, ipc_state)
+                self._start_admin(nursery, invalidator)
                 if opts.foreground:
                     write_pid_file(opts.pid_file, os.getpid())
                 remove_file(self.restart_flag)
@@ -148,9 +165,24 @@ class Daemon:
             service = IpcService(
                 state, self.gid, on_stop=lambda: create_restart_flag(self.restart_flag, self.gid)
             )
-            await nursery.start(service.run)
+            self.ipc_server = await nursery.start(service.run)
         except (ImportError, OSError, RuntimeError) as exc:
             log.critical("unable to start IPC server 'pve2' - PVE tools cannot connect: %s", exc)
+
+    def _start_admin(self, nursery: trio.Nursery, invalidator: Invalidator) -> None:
+        """The admin socket `pmxcfs-admin status` asks; without it the filesystem still runs."""
+        src = Sources(
+            self.nodename, self.node_ip, self.cluster_mode, self.status, self.clog, self.tree,
+            self.db.path, os.path.join(self.opts.db_dir, "lost+found"),
+            is_debug=pmxlog.is_debug, set_debug=_set_debug, invalidator=invalidator,
+            rrd=self.rrd_writer, services=lambda: self.services, ipc=lambda: self.ipc_server,
+        )  # fmt: skip
+        path = os.path.join(self.opts.run_dir, ADMIN_SOCKET)
+        try:
+            start_admin(nursery, src, path)
+        except OSError as exc:
+            log.critical("unable to create admin socket %s - pmxcfs-admin cannot ask: %s",
+                         path, exc)  # fmt: skip
 
     async def _start_cluster(self, nursery: trio.Nursery, ipc: IpcState) -> Backend | None:
         try:
@@ -162,6 +194,7 @@ class Daemon:
             corosync_conf_path=self.opts.corosync_conf,
             lost_found_dir=os.path.join(self.opts.db_dir, "lost+found"),
             sync_marker_path=os.path.join(self.opts.db_dir, ".pmxcfs-synced"),
+            verify_interval=self.opts.verify_interval,
         )
         backend: Backend = await start_cluster(
             nursery,
@@ -172,9 +205,13 @@ class Daemon:
             options=options,
             clog=self.clog,
             node_ip=self.node_ip,
-            on_services=lambda services: setattr(ipc, "kvstore", services.kvstore),
+            on_services=lambda services: self._on_services(services, ipc),
         )
         return backend
+
+    def _on_services(self, services: ClusterServices, ipc: IpcState) -> None:
+        ipc.kvstore = services.kvstore
+        self.services = services
 
     async def _fuse_main(self, nursery: trio.Nursery) -> None:
         await pyfuse3.main()
@@ -239,6 +276,8 @@ def start(opts: Options) -> int:
         ready = daemonize(opts.pid_file)
     status = ClusterStatus(nodename)
     clog = ClusterLog(nodename)
+    clog_store = ClusterLogStore(os.path.join(opts.db_dir, CLUSTERLOG_FILE), clog)
+    clog_store.load()  # before our first entry, so that it goes on top of the saved ones
     clog.add_local("root", "cluster", 6, "starting cluster log")
     db_path = os.path.join(opts.db_dir, DB_NAME)
     existed = os.path.exists(db_path)
@@ -256,13 +295,15 @@ def start(opts: Options) -> int:
         log.warning("forcing local mode (although corosync.conf exists)")
     elif not has_conf:
         log.debug("using local mode (corosync.conf does not exist)")
+    cluster_mode = has_conf and not opts.local
     daemon = Daemon(
-        opts, nodename, node_ip, gid, db, tree, status, clog, has_conf and not opts.local, ready
+        opts, nodename, node_ip, gid, db, tree, status, clog, cluster_mode, ready, clog_store
     )
-    rrd_writer = _start_rrd_writer(opts, status)
+    rrd_writer = daemon.rrd_writer = _start_rrd_writer(opts, status)
     try:
         rc = trio.run(daemon.run)
     finally:
+        clog_store.close()  # first: quick, and what a restart must find
         if rrd_writer is not None:
             rrd_writer.close()
         db.close()

@@ -14,16 +14,30 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import backup, check, diff, listing, repair, transfer
+from . import backup, check, diff, listing, repair, salvage, status, transfer
 from .dbread import load_tree
-from .errors import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, AdminError
+from .errors import EXIT_DAMAGED, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, AdminError
 from .lock import exclusive
 
 PROG = "pmxcfs-admin"
 EPILOG = (
     "exit codes: 0 success/clean, 1 problems found, differences or refused, "
-    "2 usage error or unreadable file, 3 database in use by a running pmxcfs"
+    "2 usage error or unreadable file, 3 database in use by a running pmxcfs, "
+    "4 no running pmxcfs answered"
 )
+
+DIFF_EPILOG = """\
+A damaged database (one the daemon refuses, or SQLite cannot read) is not refused: every
+problem 'check' would report is listed first as '! DB1 ...' or '! DB2 ...', with which load
+rules fail and which pages or inode ranges of table 'tree' could not be read (rows on intact
+pages are read from the file directly). Then the entries that could be read are compared; an
+entry the other side lacks but may have lost, or has at another path, is marked. Rows the
+daemon would refuse still get a path: a duplicate name gets ' [inode N]', an orphan is shown
+below '<missing P>/', a parent cycle below '<cycle N>/', a name that is not UTF-8 with escapes.
+
+exit codes: 0 no differences, 1 differences, plus 8 if either database is damaged
+(8: damaged, no differences in what could be read; 9: damaged and differences),
+2 usage error or unreadable file"""
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -160,22 +174,48 @@ def _confirm(question: str) -> bool:
 
 
 def cmd_diff(a: argparse.Namespace) -> int:
-    left, right = load_tree(a.db1), load_tree(a.db2)
-    diffs = diff.diff_trees(left, right)
+    sides = (("DB1", salvage.read_db(a.db1)), ("DB2", salvage.read_db(a.db2)))
+    (_, left), (_, right) = sides
+    compared = left.readable and right.readable
+    diffs = (
+        diff.diff_entries(
+            diff.paths_of(left.rows), diff.paths_of(right.rows), left.may_hold, right.may_hold
+        )
+        if compared
+        else []
+    )
+    damaged = left.damaged or right.damaged
     if a.json:
         _json(
             {
-                "db1": {"path": a.db1, "version": left.version},
-                "db2": {"path": a.db2, "version": right.version},
+                "db1": left.as_dict(),
+                "db2": right.as_dict(),
+                "compared": compared,
                 "differences": [d.as_dict() for d in diffs],
             }
         )
     else:
+        for label, side in sides:
+            for p in side.damage:
+                line = p.line() if p.path or p.inode is not None else f"{p.kind}: {p.message}"
+                _out(f"! {label} {line}")
         for d in diffs:
             _out(d.line())
-        if not diffs:
-            _out(f"no differences (versions {left.version} and {right.version})")
-    return EXIT_PROBLEMS if diffs else EXIT_OK
+        for label, side in sides:
+            if side.damaged:
+                _out(f"{label} {side.path} is damaged: {side.summary()}")
+        versions = f"versions {_v(left.version)} and {_v(right.version)}"
+        if not compared:
+            which = " and ".join(label for label, side in sides if not side.readable)
+            _out(f"nothing compared: nothing readable in {which}")
+        elif not diffs:
+            what = " in what could be read" if damaged else ""
+            _out(f"no differences{what} ({versions})")
+    return (EXIT_PROBLEMS if diffs else EXIT_OK) | (EXIT_DAMAGED if damaged else 0)
+
+
+def _v(version: int | None) -> str:
+    return "none" if version is None else str(version)
 
 
 def _result(a: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
@@ -191,7 +231,8 @@ def _result(a: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Inspect, check, repair, copy and convert a pmxcfs config.db offline.",
+        description="Ask a running pmxcfs how it is (status, log, debug); inspect, check, "
+        "repair, copy and convert a config.db offline.",
         epilog=EPILOG,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -199,13 +240,46 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="machine-readable output")
 
     def add(
-        name: str, handler: Handler, text: str, *extra: argparse.ArgumentParser
+        name: str,
+        handler: Handler,
+        text: str,
+        *extra: argparse.ArgumentParser,
+        epilog: str = EPILOG,
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(
-            name, parents=[common, *extra], help=text, description=text, epilog=EPILOG
+            name,
+            parents=[common, *extra],
+            help=text,
+            description=text,
+            epilog=epilog,
+            # a long epilog keeps its own lines; the one-line EPILOG is wrapped as before
+            formatter_class=argparse.HelpFormatter
+            if epilog is EPILOG
+            else argparse.RawDescriptionHelpFormatter,
         )
         p.set_defaults(handler=handler)
         return p
+
+    live = argparse.ArgumentParser(add_help=False)
+    status.add_arguments(live)
+    p = add(
+        "status", status.cmd_status,
+        "is the running node quorate, synced, keeping up - and if not, why (exit 1: problems)",
+        live,
+    )  # fmt: skip
+    p.add_argument("-w", "--watch", action="store_true", help="refresh every second, like top")
+    p.add_argument("--interval", type=float, default=1.0, metavar="SEC", help=argparse.SUPPRESS)
+    p.add_argument(
+        "-n", "--iterations", type=int, default=0, metavar="N", help="with --watch: stop after N"
+    )
+    p = add("log", status.cmd_log, "print the cluster log of the running node", live)
+    p.add_argument(
+        "-n", "--lines", type=int, default=50, metavar="N", help="the newest N (0: all; default 50)"
+    )
+    p.add_argument("-f", "--follow", action="store_true", help="then print new entries as made")
+    p.add_argument("--interval", type=float, default=1.0, metavar="SEC", help=argparse.SUPPRESS)
+    p = add("debug", status.cmd_debug, "show or switch the running daemon's debug logging", live)
+    p.add_argument("state", nargs="?", choices=("on", "off"))
 
     p = add("check", cmd_check, "report every consistency problem of a database (read-only)")
     p.add_argument("db", metavar="DB")
@@ -260,7 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-y", "--yes", action="store_true", help="do not ask before changing DB")
     p.add_argument("-n", "--dry-run", action="store_true", help="only show what would be done")
 
-    p = add("diff", cmd_diff, "paths that differ between two databases (content, version)")
+    p = add(
+        "diff",
+        cmd_diff,
+        "paths that differ between two databases (content, version); a damaged database "
+        "is compared as far as it can be read",
+        epilog=DIFF_EPILOG,
+    )
     p.add_argument("db1", metavar="DB1")
     p.add_argument("db2", metavar="DB2")
     return parser

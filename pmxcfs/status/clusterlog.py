@@ -13,7 +13,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from ..dfsm.codec import WireError
 from ..dfsm.kvcodec import CLOG_HEADER, LOG_FIXED, LOG_MAX, ClogState, LogEntry, iter_clog
@@ -190,9 +190,13 @@ def valid_state(blob: bytes) -> bool:
 
 
 class ClusterLog:
-    """One node's cluster log; `clock` gives "now" (seconds) for local entries."""
+    """One node's cluster log; `clock` gives "now" (seconds) for local entries.
 
-    __slots__ = ("_clock", "_dedup", "_ring", "_uid", "nodename")
+    `listeners` are called (no arguments) after every change of the ring: an accepted insert,
+    a merge, a restore. They run where the change is made (the trio loop) and must be cheap.
+    """
+
+    __slots__ = ("_clock", "_dedup", "_own", "_ring", "_uid", "listeners", "nodename")
 
     def __init__(
         self, nodename: str, *, clock: Callable[[], float] = time.time, size: int = CLOG_SIZE
@@ -204,6 +208,8 @@ class ClusterLog:
         self._ring = _Ring(size)
         self._dedup: dict[int, tuple[int, int]] = {}  # node_digest -> newest (time, uid)
         self._uid = 0
+        self._own = fnv1a64(_field(nodename) + b"\x00")  # our node_digest
+        self.listeners: list[Callable[[], None]] = []
 
     @property
     def size(self) -> int:
@@ -245,7 +251,12 @@ class ClusterLog:
             log.debug("ignore insert of duplicate cluster log (uid %d, time %d)", e.uid, e.time)
             return False
         self._ring.append(e)
+        self._changed()
         return True
+
+    def _changed(self) -> None:
+        for listener in self.listeners:
+            listener()
 
     # ------------------------------------------------------------------ reading
 
@@ -272,6 +283,37 @@ class ClusterLog:
 
     def dump(self, max_entries: int = DEFAULT_MAX, user: str = "") -> str:
         return self.dump_bytes(max_entries, user.encode()).decode("utf-8", "replace")
+
+    def snapshot(self) -> bytes:
+        """A copy of the ring (a valid clog buffer): cheap to take where the log changes, so
+        another thread can walk it while this one goes on (clusterlog_store)."""
+        return bytes(self._ring.buf)
+
+    # ------------------------------------------------------------------ restart
+
+    def restore(self, entries: Iterable[LogEntry]) -> int:
+        """Replace the log by saved entries, oldest inserted first; how many the ring kept.
+
+        The ring is refilled in the saved order, so the dump reads as before the restart; the
+        dedup map gets each node's newest (time, uid). Our uid counter continues after our
+        highest saved uid (C restarts it at 1): an entry made in the same second as a saved
+        one is then neither dropped by dedup nor taken for it (same time, node and uid).
+        """
+        ring = _Ring(self.size)
+        dedup: dict[int, tuple[int, int]] = {}
+        for e in entries:
+            if e.size > LOG_MAX:
+                continue
+            ring.append(e)
+            last = dedup.get(e.node_digest)
+            if last is None or (e.time, e.uid) > last:
+                dedup[e.node_digest] = (e.time, e.uid)
+            if e.node_digest == self._own:
+                self._uid = max(self._uid, e.uid)
+        self._ring = ring
+        self._dedup = dedup
+        self._changed()
+        return len(self.newest_first())
 
     # ------------------------------------------------------------------ sync
 
@@ -325,8 +367,11 @@ class ClusterLog:
         ring = _Ring(self.size)
         for e in sorted(result.values(), key=_SORT_KEY):
             ring.append(e)  # walked entries are <= LOG_MAX: the ring always has room
+            if e.node_digest == self._own:  # peers may hold ours from before a restart
+                self._uid = max(self._uid, e.uid)
         self._ring = ring
         self._dedup = dedup
+        self._changed()
 
 
 def _accept(dedup: dict[int, tuple[int, int]], e: LogEntry) -> bool:

@@ -111,6 +111,20 @@ class RrdWriter:
             self._pending += 1
         self._queue.put((key, data))
 
+    @property
+    def queued(self) -> int:
+        """Updates queued or being written (for `pmxcfs-admin status`)."""
+        return self._pending
+
+    @property
+    def rrdcached_state(self) -> str:
+        """'unused', 'connected', 'unreachable' (retried later) or 'untried' (no update yet)."""
+        if not self.rrdcached:
+            return "unused"
+        if self._client is not None:
+            return "connected"
+        return "unreachable" if self._retry_at else "untried"
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until every queued update is done (for tests); False on timeout."""
         with self._idle:
