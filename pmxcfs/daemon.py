@@ -218,11 +218,16 @@ class Daemon:
         nursery.cancel_scope.cancel()
 
     async def _signals(self, nursery: trio.Nursery) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+        stop = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        with trio.open_signal_receiver(*stop) as sigs:
             async for signum in sigs:
                 log.info("received signal %d", signum)
-                nursery.cancel_scope.cancel()
-                return
+                break
+        # A repeated signal during teardown must not kill us before the unmount and the
+        # final writes (the receiver put the default handlers back when it closed).
+        for s in stop:
+            signal.signal(s, signal.SIG_IGN)
+        nursery.cancel_scope.cancel()
 
 
 def _set_debug(on: bool) -> None:

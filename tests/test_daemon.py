@@ -181,3 +181,20 @@ def test_version_counters_count_the_load_and_each_change(pmxcfs: Pmxcfs) -> None
     (pmxcfs.mount / "nodes").mkdir()  # mkdir counts nothing
     doc = json.loads((pmxcfs.mount / ".version").read_text())
     assert doc["storage.cfg"] == 3 and doc["user.cfg"] == 1
+
+
+def test_repeated_signals_during_shutdown_still_end_cleanly(make_pmxcfs) -> None:  # type: ignore[no-untyped-def]
+    """A second SIGTERM (systemd, a harness stopping everything) while the first is being
+    handled must not kill the daemon before it unmounts and writes its final state."""
+    d: Pmxcfs = make_pmxcfs()
+    d.start()
+    (d.mount / "x").write_text("y")
+    assert d.proc is not None
+    p = d.proc
+    for _ in range(5):
+        p.send_signal(signal.SIGTERM)
+        time.sleep(0.002)
+    assert p.wait(15) == 0
+    d.proc = None
+    assert not is_mounted(d.mount)
+    assert (d.run_dir / "cfs-restart-flag").exists()
