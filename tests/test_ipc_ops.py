@@ -250,9 +250,33 @@ def test_guest_config_property(state: IpcState) -> None:
     assert run(state, 11, struct.pack("=I", 102) + b"memory\0") == (-errno.EIO, b"")
     assert run(state, 11, struct.pack("=I", 50) + b"memory\0") == (-errno.EINVAL, b"")
     assert run(state, 11, struct.pack("=I", 103) + b"memory\0") == (-errno.ENOENT, b"")
-    assert run(state, 11, struct.pack("=I", 100) + b"\0") == (-errno.EINVAL, b"")
     assert run(state, 11, struct.pack("=I", 100)) == (-errno.EINVAL, b"")
     assert run(state, 11, b"\x64\0") == (-errno.EINVAL, b"")
+    # as the reference answers (tests/test_ipc_reference.py): the last byte ends the name
+    assert prop(100, b"\0") == (0, b"{\n\n}\n")  # an empty name is a name
+    assert prop(100, b"lock") == (0, b"{\n\n}\n")  # "loc"
+    assert prop(100, b"lockX") == (0, b'{\n"100":{"lock": "backup"}\n}\n')
+    assert prop(100, b"lock\0junk") == (0, b'{\n"100":{"lock": "backup"}\n}\n')
+
+
+def test_guest_config_repeats(state: IpcState) -> None:
+    """A repeated key or name: C's early exit counts matches of names already found."""
+    config = b"cores: 1\ncores: 2\ncores: 3\nmemory: 7\n:x\n"
+    put(state.tree, "nodes/n1/qemu-server/100.conf", config)
+
+    def props(*names: bytes) -> tuple[int, bytes]:
+        raw = b"".join(n + b"\0" for n in names)
+        return run(state, 13, struct.pack("=IB", 100, len(names)) + raw)
+
+    assert run(state, 11, struct.pack("=I", 100) + b"cores\0") == (
+        0, b'{\n"100":{"cores": "2"}\n}\n')  # fmt: skip
+    assert props(b"memory", b"cores") == (0, b'{\n"100":{"cores": "3"}\n}\n')
+    assert props(b"memory", b"cores", b"name") == (
+        0, b'{\n"100":{"memory": "7","cores": "3"}\n}\n')  # fmt: skip
+    assert props(b"memory", b"memory") == (0, b'{\n"100":{"memory": "7","memory": "7"}\n}\n')
+    assert props(b"cores", b"cores", b"memory", b"name") == (
+        0, b'{\n"100":{"cores": "3","cores": "3"}\n}\n')  # fmt: skip
+    assert run(state, 11, struct.pack("=I", 100) + b"\0") == (0, b'{\n"100":{"": "x"}\n}\n')
 
 
 def test_guest_config_properties(state: IpcState) -> None:

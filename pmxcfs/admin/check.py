@@ -36,6 +36,9 @@ FIXABLE = frozenset(
         "bad-version-row",
     }
 )
+# Kinds the daemon loads anyway: it raises the version itself (Q4), sizes and extra schema
+# objects are not checked at load.
+TOLERATED_AT_LOAD = frozenset({"version-missing", "version-low", "oversize", "schema"})
 _VERSION_NAME = VERSION_ROW_NAME.encode()
 
 
@@ -72,10 +75,18 @@ class Report:
     version: int | None = None
     rows: list[RawRow] = field(default_factory=list)  # what was checked, for repair
     usable: bool = True  # schema and pages good enough to work on the rows
+    rows_read: bool = False  # `rows` holds every row of the tree table
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def refusals(self) -> list[str]:
+        """The kinds of problem that make the daemon refuse to load this database."""
+        if not self.rows_read:
+            return [self.problems[0].kind if self.problems else "unreadable"]
+        kinds = (p.kind for p in self.problems if p.kind not in TOLERATED_AT_LOAD)
+        return list(dict.fromkeys(kinds))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -342,6 +353,7 @@ def check_db(path: str, show_progress: bool = True) -> Report:
             report.usable = False
             return report
     report.rows = raw
+    report.rows_read = True
     report.entries = sum(1 for r in raw if r.inode != 0)
     row0 = next((r for r in raw if r.inode == 0), None)
     report.version = row0.version if row0 is not None else None

@@ -21,10 +21,10 @@ from ..tree import LoadError, Row, Tree
 from ..vmlist import VmListError
 from .errors import EXIT_PROBLEMS, AdminError
 
-_INT_COLUMNS = ("parent", "version", "writer", "mtime", "type")
+INT_COLUMNS = ("parent", "version", "writer", "mtime", "type")
 _RAW_SELECT = (
     "SELECT inode, parent, version, writer, mtime, type, CAST(name AS BLOB), "
-    "CAST(data AS BLOB), " + " || ',' || ".join(f"typeof({c})" for c in _INT_COLUMNS) + " FROM tree"
+    "CAST(data AS BLOB), " + " || ',' || ".join(f"typeof({c})" for c in INT_COLUMNS) + " FROM tree"
 )
 REFERENCE_SCHEMA = SCHEMA_SQL.replace("CREATE TABLE IF NOT EXISTS", "CREATE TABLE")
 
@@ -85,17 +85,25 @@ def reading(path: str) -> Iterator[apsw.Connection]:
         conn.close()
 
 
+def _text(value: bytes | None) -> str:
+    """Schema text as stored; a damaged schema may hold bytes that are not UTF-8."""
+    return "" if value is None else value.decode("utf-8", "backslashreplace")
+
+
 def schema_errors(conn: apsw.Connection) -> tuple[list[str], bool]:
     """Problems with the schema, and whether the tree table is usable at all."""
-    objects = list(
-        conn.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+    query = (
+        "SELECT CAST(type AS BLOB), CAST(name AS BLOB), CAST(sql AS BLOB) FROM sqlite_master "
+        "WHERE name NOT LIKE 'sqlite_%'"
     )
+    objects = [tuple(_text(v) for v in row) for row in conn.execute(query)]
     tables = {name: sql for kind, name, sql in objects if kind == "table"}
     tree_sql = tables.get("tree")
     errors = [f"unexpected {kind} '{name}'" for kind, name, _ in objects if name != "tree"]
     if tree_sql is None:
         return ["no 'tree' table: not a pmxcfs database", *errors], False
-    cols = [(r[1], r[5]) for r in conn.execute("PRAGMA table_info(tree)")]
+    info = "SELECT CAST(name AS BLOB), pk FROM pragma_table_info('tree') ORDER BY cid"
+    cols = [(_text(name), pk) for name, pk in conn.execute(info)]
     got = tuple(c[0] for c in cols)
     if got != COLUMNS or cols[0][1] != 1:
         return [f"wrong columns in table 'tree': {', '.join(got)}", *errors], False
@@ -116,7 +124,7 @@ def read_raw(conn: apsw.Connection) -> list[RawRow]:
     out: list[RawRow] = []
     for inode, *values, name, data, types in conn.execute(_RAW_SELECT):
         kinds = types.split(",")
-        nonint = tuple(c for c, k in zip(_INT_COLUMNS, kinds, strict=True) if k != "integer")
+        nonint = tuple(c for c, k in zip(INT_COLUMNS, kinds, strict=True) if k != "integer")
         p, v, w, m, t = (x if isinstance(x, int) else 0 for x in values)
         out.append(RawRow(inode, p, v, w, m, t, name, data, nonint))
     return out

@@ -6,6 +6,7 @@ EXIT_OK = 0
 EXIT_PROBLEMS = 1  # check found problems, diff found differences, a refusal about the data
 EXIT_USAGE = 2  # bad arguments, unreadable or missing files
 EXIT_LOCKED = 3  # a running pmxcfs holds the database
+EXIT_DAMAGED = 8  # diff: added to 0/1 when a database is damaged (the rest is compared)
 
 
 class AdminError(Exception):

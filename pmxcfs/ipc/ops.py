@@ -4,13 +4,18 @@
 `(error, payload)`: error is 0 or a negative errno, and the payload is empty on error. The
 transport (libqb, see `server.py`) adds the 24-byte response header.
 
-Deliberate differences from C, all on malformed input only:
+Deliberate differences from C (all but the last on malformed input only):
 
 * the header's size must equal the request's length (C trusts the size field): -EINVAL;
 * LOG_CLUSTER_MSG needs ident and tag of at least one byte and a NUL as the last request
   byte (C reads the byte after the request, §6.4);
 * GET_RRD_DUMP always answers like a fresh C dump (text plus one NUL), never like its
-  2-second cache (no NUL); Perl accepts both.
+  2-second cache (no NUL); Perl accepts both;
+* GET_GUEST_CONFIG_PROPERTY/PROPERTIES for VMID 0 list the guests by VMID, where C lists
+  them in its hash table's order (each guest's object is the same).
+
+Everything else, odd corners included, answers as the reference binary does
+(tests/test_ipc_reference.py asks both).
 """
 
 from __future__ import annotations
@@ -224,8 +229,17 @@ def _escape(value: bytes) -> bytes:
     return value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
 
 
-def _match_props(config: bytes, props: list[bytes]) -> dict[bytes, bytes]:
-    found: dict[bytes, bytes] = {}
+def _match_props(config: bytes, props: list[bytes]) -> list[bytes | None]:
+    """The value of each requested name, in request order (None: not found).
+
+    Like C, every request entry keeps its own value (a repeated name is answered twice) and
+    a later line overrides an earlier one, but the scan stops early: it counts matches of
+    an entry that already had a value and stops after the line where that count equals
+    the number of entries. With a config that repeats a key this can keep an earlier value
+    or miss a later key, exactly as C does (measured against the reference binary).
+    """
+    values: list[bytes | None] = [None] * len(props)
+    repeats = 0
     if not config.endswith(b"\n"):
         config += b"\n"
     for line in config.split(b"\n"):
@@ -233,12 +247,16 @@ def _match_props(config: bytes, props: list[bytes]) -> dict[bytes, bytes]:
             continue
         if line.startswith(b"["):
             break  # snapshot and pending sections are never searched
-        for p in props:
+        for i, p in enumerate(props):
             if line.startswith(p + b":") and len(line) > len(p) + 1:
                 raw = line[len(p) + 1 :]
                 value = raw.strip(b" \t\r\n\v\f")
-                found[p] = value if value else raw[-1:]  # C: whitespace only -> last char
-    return found
+                if values[i] is not None:
+                    repeats += 1
+                values[i] = value if value else raw[-1:]  # C: whitespace only -> last char
+        if repeats == len(props):
+            break
+    return values
 
 
 def _guest_props(state: IpcState, vmid: int, props: list[bytes]) -> Reply:
@@ -258,13 +276,10 @@ def _guest_props(state: IpcState, vmid: int, props: list[bytes]) -> Reply:
                 if c:
                     configs.append((v, c))
         for v, config in configs:
-            found = _match_props(config, props)
-            if not found:
-                continue
-            items = b",".join(
-                b'"%s": "%s"' % (p, _escape(found[p])) for p in dict.fromkeys(props) if p in found
-            )
-            guests.append(b'"%d":{%s}' % (v, items))
+            found = zip(props, _match_props(config, props), strict=True)
+            items = [b'"%s": "%s"' % (p, _escape(f)) for p, f in found if f is not None]
+            if items:
+                guests.append(b'"%d":{%s}' % (v, b",".join(items)))
     out.append(b",\n".join(guests))
     out.append(b"\n}\n")
     return 0, b"".join(out)
@@ -286,9 +301,11 @@ def _guest_config_property(state: IpcState, peer: Peer, payload: bytes) -> Reply
     if bad is not None:
         return bad
     rest = payload[4:]
-    if b"\x00" not in rest or not _cstr(rest):
+    if not rest:
         return _err(errno.EINVAL)
-    return _guest_props(state, vmid, [_cstr(rest)])
+    # C takes the request's last byte as the name's terminator: a name sent without its NUL
+    # loses its last character, and an empty name is a name (it matches lines ":...").
+    return _guest_props(state, vmid, [_cstr(rest[:-1])])
 
 
 def _guest_config_properties(state: IpcState, peer: Peer, payload: bytes) -> Reply:
