@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from pmxcfs.dcdb.app import DcdbApp
-from pmxcfs.dcdb.codec import FuseOp, Subtype, decode_fuse
+from pmxcfs.dcdb.codec import PROTOCOL_VERSION, FuseOp, Subtype, decode_fuse
 from pmxcfs.dfsm import codec
 from pmxcfs.dfsm.machine import Dfsm
 from pmxcfs.dfsm.sim import Sim
@@ -46,7 +46,7 @@ def _cluster(trees: list[Tree]) -> tuple[Sim, list[DcdbApp]]:
     sim = Sim(total_nodes=len(trees))
     apps = [DcdbApp(t) for t in trees]
     for i, app in enumerate(apps, 1):
-        sim.add(Dfsm(i, 1000 + i, app, name=f"n{i}"))
+        sim.add(Dfsm(i, 1000 + i, app, PROTOCOL_VERSION, name=f"n{i}"))
     return sim, apps
 
 

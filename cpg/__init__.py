@@ -33,8 +33,6 @@ from .errors import (
 from .group import (
     CPG_MAX_NAME_LENGTH,
     CPG_TYPE_AGREED,
-    PVE_DCDB_GROUP,
-    PVE_KVSTORE_GROUP,
     Cpg,
     CpgAddress,
     CpgConfchg,
@@ -49,8 +47,6 @@ from .votequorum import Votequorum, VotequorumInfo
 __all__ = [
     "CPG_MAX_NAME_LENGTH",
     "CPG_TYPE_AGREED",
-    "PVE_DCDB_GROUP",
-    "PVE_KVSTORE_GROUP",
     "CSErrBadHandle",
     "CSErrExist",
     "CSErrInvalidParam",

@@ -94,8 +94,8 @@ class Service:
         self._busy = 0  # C calls in progress that use the handle
         self._release_pending = False
         self._callback_error: BaseException | None = None
-        #: called after every dispatch that ran without a callback error, before the
-        #: dispatching task yields (end of a batch of callbacks: group commit, flushes)
+        #: called after every dispatch (also one a callback failed in), before the
+        #: dispatching task yields: the end of a batch of callbacks (group commit)
         self.after_dispatch: Callable[[], None] | None = None
         #: called right before every dispatch: lets events of another handle that are
         #: already pending (quorum) take priority over this one's
@@ -235,17 +235,19 @@ class Service:
             handle = self._h(f"{self._kind}_dispatch")
             if self.before_dispatch is not None:
                 self.before_dispatch()
-            self._busy += 1
             try:
-                rc = self._lib_dispatch(handle, lib.CS_DISPATCH_ALL)
+                self._busy += 1
+                try:
+                    rc = self._lib_dispatch(handle, lib.CS_DISPATCH_ALL)
+                finally:
+                    self._busy -= 1
+                self._release_if_pending()
+                err, self._callback_error = self._callback_error, None
+                if err is not None:
+                    raise err
             finally:
-                self._busy -= 1
-            self._release_if_pending()
-            err, self._callback_error = self._callback_error, None
-            if err is not None:
-                raise err
-            if self.after_dispatch is not None:
-                self.after_dispatch()
+                if self.after_dispatch is not None:
+                    self.after_dispatch()
             if rc == CSErrTryAgain.code:
                 await trio.sleep(retry_delay)
                 continue

@@ -67,7 +67,7 @@ async def main(group: str, include_nul: bool) -> None:
 
 def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cpg.demo", description=__doc__)
-    parser.add_argument("group", help="CPG group name, e.g. pve_dcdb_v1")
+    parser.add_argument("group", help="CPG group name (joined with its trailing NUL)")
     parser.add_argument("--no-nul", action="store_true", help="do not count the trailing NUL")
     args = parser.parse_args(argv)
     status = 0

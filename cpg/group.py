@@ -105,11 +105,6 @@ def group_name(name: bytes | str, *, include_nul: bool) -> bytes:
     return raw
 
 
-#: The groups pmxcfs joins (wire-protocol.md §2.1, status-ipc.md §2.1).
-PVE_DCDB_GROUP = group_name(b"pve_dcdb_v1", include_nul=True)
-PVE_KVSTORE_GROUP = group_name(b"pve_kvstore_v1", include_nul=True)
-
-
 def _cpg_name(raw: bytes) -> Any:
     cname = ffi.new("struct cpg_name *")
     cname.length = len(raw)

@@ -82,3 +82,19 @@ class LocalBackend:
                 # The entry is gone: libfuse's re-stat after setattr reports ENOENT.
                 raise TreeError(errno.ENOENT, "lock expired and removed")
         tree.set_mtime(path, mtime, self.writer)
+
+
+class NoQuorumBackend(LocalBackend):
+    """Cluster mode without a cluster connection: read-only, every change gets EACCES."""
+
+    @property
+    def quorate(self) -> bool:
+        return False
+
+    async def _deny(self, *args: object) -> None:
+        raise TreeError(errno.EACCES, "not quorate")
+
+    mkdir = create = delete = rename = truncate = set_mtime = _deny  # type: ignore[assignment]
+
+    async def write(self, path: str, offset: int, data: bytes) -> int:
+        raise TreeError(errno.EACCES, "not quorate")

@@ -16,8 +16,22 @@ INDEX_HEADER = struct.Struct("<QQIIII")
 INDEX_RECORD = struct.Struct("<Q32s")
 
 
+class Hollow(bytes):
+    """Zero bytes the reference holds as a size without a buffer (quirk Q1, wire §10.5).
+
+    An empty file truncated upward keeps only its size in C: its digests hash no payload,
+    and its next write starts from nothing (the size becomes offset+len).  We serve these
+    bytes as zeros (C crashes reading them) but keep that state in the type of the content,
+    so it travels with a tree row; a database or an UPDATE carries plain zeros.
+    """
+
+    __slots__ = ()
+
+
 def _payload(e: Entry) -> bytes:
-    return e.data if e.type == 8 and e.data else b""
+    if e.type != 8 or not e.data or isinstance(e.data, Hollow):
+        return b""
+    return e.data
 
 
 def entry_digest(e: Entry) -> bytes:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from . import constants as C
 
+VERIFY_INTERVAL = 3600.0  # the reference's DCDB_VERIFY_TIME
+
 
 @dataclass
 class Options:
@@ -26,6 +28,7 @@ class Options:
     rrd_dir: str = C.RRD_DIR
     rrdcached_socket: str = C.RRDCACHED_SOCKET
     lock_timeout: int = C.LOCK_TIMEOUT
+    verify_interval: float = VERIFY_INTERVAL
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,6 +66,14 @@ def parse(argv: list[str]) -> Options:
         metavar="FILE",
         help="rrdcached's unix socket ('' updates RRD files directly)",
     )
+    g.add_argument(
+        "--verify-interval",
+        type=float,
+        default=VERIFY_INTERVAL,
+        metavar="SECONDS",
+        help="how often this node, as sync coordinator, starts a data verification "
+        "(default 3600, as the reference)",
+    )
     p.add_argument("extra", nargs="*", help=argparse.SUPPRESS)
     ns = p.parse_args(argv)
     if ns.extra:
@@ -81,4 +92,5 @@ def parse(argv: list[str]) -> Options:
         node_ip=ns.node_ip,
         rrd_dir=ns.rrd_dir,
         rrdcached_socket=ns.rrdcached_socket,
+        verify_interval=ns.verify_interval,
     )

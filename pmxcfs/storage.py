@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import apsw
 
 from .constants import SQLITE_BUSY_TIMEOUT_MS
-from .tree import LoadError, Row, Tree
+from .tree import Journal, LoadError, Row, Tree
 from .vmlist import VmListError
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema" / "config.sql"
@@ -72,8 +72,15 @@ class Database:
         self.conn = conn
 
     @classmethod
-    def open(cls, path: str, clock: float | None = None) -> tuple[Database, Tree]:
-        """Open, validate and load; returns the database and its tree (spec §2.1, §2.4)."""
+    def open(
+        cls,
+        path: str,
+        clock: float | None = None,
+        journal: Callable[[Database], Journal] | None = None,
+    ) -> tuple[Database, Tree]:
+        """Open, validate and load; returns the database and its tree (spec §2.1, §2.4).
+
+        *journal* wraps the database as the tree's journal (group commit)."""
         try:
             conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
         except apsw.Error as exc:
@@ -95,7 +102,7 @@ class Database:
                 raise DatabaseError(f"entry name is not valid UTF-8: {exc}") from exc
             db = cls(path, conn)
             try:
-                tree = Tree.from_rows(rows, db)
+                tree = Tree.from_rows(rows, db if journal is None else journal(db))
                 tree.finish_load()
             except LoadError as exc:
                 raise DatabaseError(f"DB load failed: {exc}") from exc

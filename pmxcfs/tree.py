@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Protocol
 
 from . import checksum, paths
+from .checksum import Hollow
 from .constants import (
     DT_DIR,
     DT_REG,
@@ -233,7 +234,7 @@ class Tree:
             else:
                 entry = Entry(inode, parent, version, writer, mtime, type_, name)
                 if type_ == DT_REG and data:
-                    entry.data = bytes(data)
+                    entry.data = data if isinstance(data, Hollow) else bytes(data)
                 index[inode] = entry
             assert par.children is not None
             other = par.children.get(name)
@@ -361,6 +362,37 @@ class Tree:
 
     def rows(self) -> list[Row]:
         return [e.row() for e in self.index.values()]
+
+    # ------------------------------------------------------------------ queries by inode
+    # The filesystem's narrow view: it holds entries and inode numbers, never the tree's
+    # containers. Each is one attribute or dict access, so the FUSE hot paths stay lean.
+
+    def entry(self, inode: int) -> Entry | None:
+        """The live entry with this inode; None once it is deleted (inodes are never reused)."""
+        return self.index.get(inode)
+
+    def child(self, parent: Entry, name: str) -> Entry | None:
+        """`parent`'s entry called `name`; None if it has none or `parent` is a file."""
+        children = parent.children
+        return None if children is None else children.get(name)
+
+    def children_of(self, e: Entry) -> Iterable[tuple[str, Entry]] | None:
+        """A directory's (name, entry) pairs, a live view in the tree's order; None for a file."""
+        children = e.children
+        return None if children is None else children.items()
+
+    def read(self, e: Entry, offset: int, size: int) -> bytes:
+        """Up to `size` bytes of a file's content from `offset`; b"" at or past its end."""
+        return e.data[offset : offset + size]
+
+    def entries(self) -> Iterable[tuple[int, Entry]]:
+        """Every live entry by inode, the root (0) included: a live view, not a copy."""
+        return self.index.items()
+
+    @property
+    def entry_count(self) -> int:
+        """Live entries, the root included (what the inode limit counts)."""
+        return len(self.index)
 
     # ------------------------------------------------------------------ helpers
 
@@ -494,7 +526,11 @@ class Tree:
             assert existing is not None
             old = existing.data
             size = len(old)
-            if n > size:
+            if not old or isinstance(old, Hollow):
+                # the reference holds no buffer here (Q1): the size becomes offset+len
+                # whatever it was; without data that is a size only (served as zeros)
+                new = bytes(offset) + data if data else Hollow(offset) if offset else b""
+            elif n > size:
                 buf = bytearray(old)
                 buf.extend(bytes(n - size))
                 buf[offset:n] = data
@@ -665,6 +701,26 @@ class Tree:
         return self.locks.is_expired(paths.normalize(path), csum, self.clock())
 
     # ------------------------------------------------------------------ replacement
+
+    def adopt_hollow(self, records: Iterable[tuple[int, bytes]]) -> int:
+        """After a sync rebuilt this tree from rows: a file the leader holds as a size only
+        (:class:`Hollow`) arrived as plain zeros, since an UPDATE cannot say so.  Take the
+        hollow form wherever that gives the leader's (inode, digest A) record.  Returns how
+        many entries changed."""
+        changed = 0
+        for inode, digest in records:
+            e = self.index.get(inode)
+            if e is None or e.type != DT_REG or not e.data or isinstance(e.data, Hollow):
+                continue
+            if e.data.lstrip(b"\0") or checksum.entry_digest(e) == digest:
+                continue
+            plain = e.data
+            e.data = Hollow(len(plain))
+            if checksum.entry_digest(e) == digest:
+                changed += 1
+            else:
+                e.data = plain
+        return changed
 
     def replace_contents(self, other: Tree) -> None:
         """Adopt another tree's entries (after a resync); derived state is rebuilt."""

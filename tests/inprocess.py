@@ -1,5 +1,7 @@
-"""A filesystem served from a thread of the test process, on a real FUSE mount, so a test can
+"""A node served from a thread of the test process, on a real FUSE mount, so a test can
 change the tree by other paths than a syscall (as cluster messages do) and drive its clock.
+Built by the daemon's composition root (pmxcfs.node.build_node), in local mode, without the
+pve2 socket; only the filesystem class and the backend are the test's.
 """
 
 from __future__ import annotations
@@ -15,10 +17,8 @@ import pytest
 import trio
 
 from pmxcfs.backend import LocalBackend
-from pmxcfs.fs.invalidator import Invalidator
-from pmxcfs.fs.namespace import Namespace
 from pmxcfs.fs.operations import Filesystem
-from pmxcfs.tree import Tree
+from pmxcfs.node import NodeConfig, build_node
 from tests.daemon_harness import lazy_unmount
 
 
@@ -44,16 +44,25 @@ class SwitchableBackend(LocalBackend):
 
 
 class InProcess:
-    def __init__(self, mount: Path) -> None:
-        self.mount = mount
+    def __init__(self, base: Path) -> None:
+        self.mount = base / "mnt"
+        self.mount.mkdir()
         self.now = time.time()
-        self.tree = Tree(clock=self.clock)
-        self.backend = SwitchableBackend(self.tree, clock=self.clock)
-        self.inval = Invalidator(lambda: self.tree)
-        self.tree.listeners.append(self.inval.on_change)
-        self.fs = CountingFs(
-            self.backend, Namespace("node1"), 33, self.inval, lambda: self.backend.quorate
+        (base / "db").mkdir()
+        config = NodeConfig(
+            nodename="node1", node_ip="127.0.0.1", gid=33, db_dir=str(base / "db"),
+            run_dir=str(base / "run"), local=True, serve_ipc=False, clock=self.clock,
+        )  # fmt: skip
+        self.node = build_node(
+            config,
+            filesystem=CountingFs,
+            local_backend=lambda tree: SwitchableBackend(tree, clock=self.clock),
         )
+        self.tree = self.node.tree
+        assert isinstance(self.node.backend, SwitchableBackend)
+        self.backend = self.node.backend
+        self.inval = self.node.invalidator
+        self.fs = self.node.fs
         self.token: trio.lowlevel.TrioToken | None = None
         self.stop_event: trio.Event | None = None
         self.started = threading.Event()
@@ -66,12 +75,13 @@ class InProcess:
         try:
             async with trio.open_nursery() as n:
                 n.start_soon(pyfuse3.main)
-                n.start_soon(self.inval.run)
+                await n.start(self.node.run)
                 self.started.set()
                 await self.stop_event.wait()
                 n.cancel_scope.cancel()
         finally:
             pyfuse3.close(unmount=True)
+            self.node.close()
 
     def clock(self) -> float:
         return self.now
@@ -90,9 +100,7 @@ class InProcess:
 
 @pytest.fixture
 def inproc(tmp_path: Path) -> Iterator[InProcess]:
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    p = InProcess(mnt)
+    p = InProcess(tmp_path)
     p.thread.start()
     assert p.started.wait(10)
     time.sleep(0.1)
@@ -102,4 +110,4 @@ def inproc(tmp_path: Path) -> Iterator[InProcess]:
         if p.token is not None and p.stop_event is not None:
             trio.from_thread.run_sync(p.stop_event.set, trio_token=p.token)
         p.thread.join(10)
-        lazy_unmount(mnt)
+        lazy_unmount(p.mount)

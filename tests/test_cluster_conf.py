@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pmxcfs.cluster import ClusterOptions, ClusterServices, sync_corosync_conf
+from pmxcfs.dcdb.writegate import WriteGate
+from pmxcfs.services.confmirror import CorosyncConfMirror, sync_corosync_conf
 from pmxcfs.status.state import ClusterStatus
 from pmxcfs.tree import Tree
 
@@ -42,9 +43,7 @@ def test_sync_rules(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
 def test_listener_follows_applied_changes(tmp_path: Path) -> None:
     host = tmp_path / "corosync.conf"
     tree = _tree(1)
-    svc = ClusterServices(
-        tree, ClusterStatus("n1"), "n1", ClusterOptions(corosync_conf_path=str(host))
-    )
+    svc = CorosyncConfMirror(tree, ClusterStatus("n1"), WriteGate(), str(host), lambda: 1)
     tree.listeners.append(svc.on_tree_change)
     tree.write("corosync.conf", 0, CONF % 5, 2, 101)
     assert host.read_bytes() == CONF % 5

@@ -1,6 +1,6 @@
 """ClusterBackend + DCDB over real corosync (3 nodes in namespaces, tests/cluster/harness).
 
-Each node runs this file as an agent: a Tree plus `start_cluster`, driven by JSON-line
+Each node runs this file as an agent: a Tree plus a `ClusterNode`, driven by JSON-line
 commands on stdin, reporting results and state on stdout.
 """
 
@@ -26,9 +26,10 @@ def _agent(nodename: str, workdir: str) -> None:
 
     import trio
 
-    from pmxcfs.cluster import ClusterOptions, ClusterServices, start_cluster
+    from pmxcfs.cluster import ClusterNode, ClusterOptions
+    from pmxcfs.journal import GroupCommit
     from pmxcfs.status.state import ClusterStatus
-    from pmxcfs.tree import Tree, TreeError
+    from pmxcfs.tree import NullJournal, Tree, TreeError
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 
@@ -37,9 +38,9 @@ def _agent(nodename: str, workdir: str) -> None:
         sys.stdout.flush()
 
     async def main() -> None:
-        tree = Tree()
+        journal = GroupCommit(NullJournal())
+        tree = Tree(journal)
         status = ClusterStatus(nodename)
-        holder: list[ClusterServices] = []
         opts = ClusterOptions(
             corosync_conf_path=f"{workdir}/corosync.conf",
             lost_found_dir=f"{workdir}/lost+found",
@@ -54,9 +55,9 @@ def _agent(nodename: str, workdir: str) -> None:
             trio.from_thread.run_sync(send.close, trio_token=token)
 
         async with trio.open_nursery() as n:
-            backend = await start_cluster(
-                n, tree, None, status, nodename, options=opts, on_services=holder.append
-            )
+            node = ClusterNode(tree, journal, status, opts)
+            await n.start(node.run)
+            backend = node.backend
             threading.Thread(target=reader, daemon=True).start()
             emit(ev="ready")
 
@@ -78,7 +79,7 @@ def _agent(nodename: str, workdir: str) -> None:
 
             async for cmd in recv:
                 if cmd["op"] == "state":
-                    d = holder[0].dfsm
+                    d = node.replication.dfsm
                     e = tree.lookup(cmd.get("path", "")) if cmd.get("path") else None
                     emit(
                         ev="state",

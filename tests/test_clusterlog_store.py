@@ -15,7 +15,8 @@ import msgpack
 import pytest
 import trio
 
-from pmxcfs.dfsm.kvcodec import LOG_MAX
+from pmxcfs.kvstore.codec import LOG_MAX
+from pmxcfs.status import clusterlog_store
 from pmxcfs.status.clusterlog import ClusterLog, LogEntry, make_entry
 from pmxcfs.status.clusterlog_store import (
     FILE_NAME,
@@ -217,7 +218,23 @@ def test_refused_file_is_replaced_by_the_next_save(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- writing
 
 
-def test_write_is_atomic_and_private(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The files the store wrote, in order (each still written by the real write_atomic)."""
+    done: list[str] = []
+    real = clusterlog_store.write_atomic
+
+    def counted(path: str, data: bytes) -> None:
+        real(path, data)
+        done.append(path)
+
+    monkeypatch.setattr(clusterlog_store, "write_atomic", counted)
+    return done
+
+
+def test_write_is_atomic_and_private(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, writes: list[str]
+) -> None:
     path = tmp_path / FILE_NAME
     tmp = tmp_path / (FILE_NAME + ".tmp")
     tmp.write_bytes(b"leftover of a crash")
@@ -240,7 +257,7 @@ def test_write_is_atomic_and_private(tmp_path: Path, caplog: pytest.LogCaptureFi
             store._dirty = False  # what `run` does once per interval
             store._submit(log.snapshot())
             assert store.wait_idle(30)
-        assert path.read_bytes() == b"one" and store.writes == 0
+        assert path.read_bytes() == b"one" and len(writes) == 0
         (tmp / "x").unlink()
         tmp.rmdir()
         store.close()  # nothing changed since, but the last save failed: written now
@@ -250,7 +267,9 @@ def test_write_is_atomic_and_private(tmp_path: Path, caplog: pytest.LogCaptureFi
     assert "cannot save the cluster log" in lines[0][1] and "saved to" in lines[1][1]
 
 
-def test_writer_coalesces_and_writes_the_last_state_at_close(tmp_path: Path) -> None:
+def test_writer_coalesces_and_writes_the_last_state_at_close(
+    tmp_path: Path, writes: list[str]
+) -> None:
     path = tmp_path / FILE_NAME
     log = ClusterLog("n1", clock=lambda: T0)
     store = ClusterLogStore(str(path), log, interval=3600)
@@ -260,7 +279,7 @@ def test_writer_coalesces_and_writes_the_last_state_at_close(tmp_path: Path) -> 
         async with trio.open_nursery() as n:
             n.start_soon(store.run)
             await trio.to_thread.run_sync(store.wait_idle)
-            while store.writes == 0:  # the first change is written at once
+            while len(writes) == 0:  # the first change is written at once
                 await trio.sleep(0.01)
                 await trio.to_thread.run_sync(store.wait_idle)
             first = decode_file(path.read_bytes(), "n1")
@@ -268,26 +287,27 @@ def test_writer_coalesces_and_writes_the_last_state_at_close(tmp_path: Path) -> 
             for i in range(100):  # within the interval: one write, later
                 log.add_local("root", "t", 6, f"m{i}")
             await trio.sleep(0.2)
-            assert store.writes == 1
+            assert len(writes) == 1
             n.cancel_scope.cancel()
 
     trio.run(main)
     store.close()
-    assert store.writes == 2
+    assert len(writes) == 2
     assert len(decode_file(path.read_bytes(), "n1")) == 101
     assert loaded(path).dump() == log.dump()
 
 
-def test_unchanged_log_is_not_rewritten(tmp_path: Path) -> None:
+def test_unchanged_log_is_not_rewritten(tmp_path: Path, writes: list[str]) -> None:
     path = tmp_path / FILE_NAME
     log = filled()
     saved(log, path)
+    writes.clear()  # counted from here: this store's writes
     store = ClusterLogStore(str(path), ClusterLog("n1"))
     store.load()
     before = path.stat().st_ino
     store._changed()  # e.g. a merge that changed nothing
     store.close()
-    assert store.writes == 0 and path.stat().st_ino == before
+    assert len(writes) == 0 and path.stat().st_ino == before
 
 
 # ---------------------------------------------------------------------------- merging

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from cpg import CPG_MAX_NAME_LENGTH, PVE_DCDB_GROUP, PVE_KVSTORE_GROUP, group_name
+from cpg import CPG_MAX_NAME_LENGTH, group_name
 from cpg.cmap import NodeInfo, parse_nodelist
 from cpg.errors import (
     ERROR_CLASSES,
@@ -23,6 +23,8 @@ from cpg.errors import (
     HandleClosedError,
     error_for,
 )
+from pmxcfs.dcdb.codec import GROUP as DCDB_GROUP
+from pmxcfs.kvstore.codec import GROUP as KVSTORE_GROUP
 from tests.cluster.harness import REPO_ROOT, Cluster, ClusterFactory
 from tests.cluster.unit_checks import CHECKS
 
@@ -58,7 +60,8 @@ def test_group_name_rules() -> None:
     assert CPG_MAX_NAME_LENGTH == 128
     assert group_name("pve_dcdb_v1", include_nul=True) == b"pve_dcdb_v1\0"
     assert group_name(b"pve_dcdb_v1", include_nul=False) == b"pve_dcdb_v1"
-    assert (len(PVE_DCDB_GROUP), len(PVE_KVSTORE_GROUP)) == (12, 15)
+    assert (len(DCDB_GROUP), len(KVSTORE_GROUP)) == (12, 15)
+    assert DCDB_GROUP == b"pve_dcdb_v1\0" and KVSTORE_GROUP == b"pve_kvstore_v1\0"
     assert len(group_name(b"a" * 127, include_nul=True)) == 128
     assert len(group_name(b"a" * 128, include_nul=False)) == 128
     for name, nul in ((b"a" * 128, True), (b"a" * 129, False), (b"", False), (b"a\0", True)):

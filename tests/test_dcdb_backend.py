@@ -12,6 +12,7 @@ import trio.testing
 
 from pmxcfs.dcdb.app import DcdbApp
 from pmxcfs.dcdb.backend import ClusterBackend
+from pmxcfs.dcdb.codec import PROTOCOL_VERSION
 from pmxcfs.dcdb.writegate import WriteGate
 from pmxcfs.dfsm.codec import Mode
 from pmxcfs.dfsm.driver import DfsmDriver
@@ -61,7 +62,8 @@ class Node:
         self.tree = Tree()
         self.gate = WriteGate(lambda: quorum[nodeid])
         self.app = DcdbApp(self.tree, gate=self.gate)
-        self.driver = DfsmDriver(Dfsm(nodeid, 100 + nodeid, self.app, name=f"n{nodeid}"))
+        dfsm = Dfsm(nodeid, 100 + nodeid, self.app, PROTOCOL_VERSION, name=f"n{nodeid}")
+        self.driver = DfsmDriver(dfsm)
         self.backend = ClusterBackend(self.tree, self.driver, self.gate)
         bus.drivers[(nodeid, 100 + nodeid)] = self.driver
         self.mcast = bus.mcast_for((nodeid, 100 + nodeid))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pmxcfs.dcdb.app import DcdbApp
-from pmxcfs.dcdb.codec import encode_index
+from pmxcfs.dcdb.codec import PROTOCOL_VERSION, encode_index
 from pmxcfs.dcdb.writegate import WriteGate
 from pmxcfs.dfsm import codec
 from pmxcfs.dfsm.codec import Epoch, Mode, MsgType
@@ -48,7 +48,7 @@ def test_loser_saves_overwritten_and_deleted_entries(
         ),
     }
     for n, app in apps.items():
-        sim.add(Dfsm(n, 100 + n, app))
+        sim.add(Dfsm(n, 100 + n, app, PROTOCOL_VERSION, name="dcdb"))
     sim.join((1, 101))
     caplog.set_level(logging.WARNING, "pmxcfs.dcdb")
     sim.join((2, 102), (1, 101))
@@ -80,8 +80,8 @@ def test_lost_found_disabled_still_logs(tmp_path: Path, caplog: pytest.LogCaptur
     t2.create("g", 0, T0)
     app2 = DcdbApp(t2)
     sim = Sim(total_nodes=2)
-    sim.add(Dfsm(1, 1, DcdbApp(t1)))
-    sim.add(Dfsm(2, 2, app2))
+    sim.add(Dfsm(1, 1, DcdbApp(t1), PROTOCOL_VERSION, name="dcdb"))
+    sim.add(Dfsm(2, 2, app2, PROTOCOL_VERSION, name="dcdb"))
     caplog.set_level(logging.WARNING, "pmxcfs.dcdb")
     sim.join((1, 1))
     sim.join((2, 2), (1, 1))
@@ -95,7 +95,7 @@ def test_bad_leader_state_leaves_and_keeps_database(tmp_path: Path) -> None:
     db, tree = _db(tmp_path / "n2.db", {"keep.cfg": b"keep"})
     before = tree.encode_index()
     app = DcdbApp(tree, lost_found_dir=str(tmp_path / "lf"))
-    d = Dfsm(2, 2, app)
+    d = Dfsm(2, 2, app, PROTOCOL_VERSION, name="dcdb")
     d.feed(ConfChg(((1, 1), (2, 2)), (), ((2, 2),)))
     ep = Epoch(7, T0, 1, 1)
     d.feed(Deliver(1, 1, codec.encode_state(MsgType.SYNC_START, 1, T0, ep)))

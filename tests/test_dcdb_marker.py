@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pmxcfs.dcdb.app import DcdbApp
+from pmxcfs.dcdb.codec import PROTOCOL_VERSION
 from pmxcfs.dcdb.marker import SyncMarker
 from pmxcfs.dcdb.writegate import WriteGate
 from pmxcfs.dfsm.machine import Dfsm
@@ -18,8 +19,8 @@ T0 = 1_700_000_000
 def two_nodes(t1: Tree, t2: Tree, marker: SyncMarker, lf: Path) -> DcdbApp:
     app2 = DcdbApp(t2, gate=WriteGate(lambda: True), lost_found_dir=str(lf), marker=marker)
     sim = Sim(total_nodes=2)
-    sim.add(Dfsm(1, 1, DcdbApp(t1, gate=WriteGate(lambda: True))))
-    sim.add(Dfsm(2, 2, app2))
+    sim.add(Dfsm(1, 1, DcdbApp(t1, gate=WriteGate(lambda: True)), PROTOCOL_VERSION, name="dcdb"))
+    sim.add(Dfsm(2, 2, app2, PROTOCOL_VERSION, name="dcdb"))
     sim.join((1, 1))
     sim.join((2, 2), (1, 1))
     sim.run()

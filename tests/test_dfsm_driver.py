@@ -21,11 +21,12 @@ import trio.testing
 
 from pmxcfs.dcdb.app import DcdbApp
 from pmxcfs.dcdb.backend import ClusterBackend
-from pmxcfs.dcdb.codec import FuseOp, Subtype
+from pmxcfs.dcdb.codec import PROTOCOL_VERSION, FuseOp, Subtype
 from pmxcfs.dfsm import codec
 from pmxcfs.dfsm.codec import Epoch, Mode, MsgType
 from pmxcfs.dfsm.driver import DfsmDriver
 from pmxcfs.dfsm.machine import (
+    ERRORS_KEPT,
     RESULT_FATAL,
     Action,
     ConfChg,
@@ -36,6 +37,7 @@ from pmxcfs.dfsm.machine import (
     LocalRequest,
     Member,
     Reply,
+    Reset,
     Send,
 )
 from pmxcfs.tree import Tree, TreeError
@@ -43,7 +45,7 @@ from pmxcfs.tree import Tree, TreeError
 ME: Member = (1, 101)
 PEER: Member = (2, 202)
 NOW = 1_700_000_000
-VERSION = codec.DCDB_PROTOCOL_VERSION
+VERSION = PROTOCOL_VERSION
 
 
 def trio_test(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
@@ -135,7 +137,7 @@ def make_node() -> Node:
     tree = Tree()
     app = DcdbApp(tree, clock=clock)
     app.local_member = ME
-    dfsm = Dfsm(*ME, app, name="t", clock=clock, verify_interval=None)
+    dfsm = Dfsm(*ME, app, PROTOCOL_VERSION, name="t", clock=clock, verify_interval=None)
     driver = DfsmDriver(dfsm)
     fake = FakeCpg(driver)
     driver.direct = fake.direct
@@ -300,13 +302,54 @@ async def test_reset_clears_direct_and_the_queue() -> None:
         nursery.cancel_scope.cancel()
 
 
+# ----------------------------------------------------------------------- joined, errors
+
+
+def test_machine_made_unjoined_refuses_until_reset_and_detach_refuses_again() -> None:
+    """`joined=False` (a service before its first connection) and `detach()` (the transport
+    went away) both answer local requests with EBUSY and send nothing, until a Reset."""
+    app = DcdbApp(Tree(), clock=clock)
+    d = Dfsm(*ME, app, PROTOCOL_VERSION, name="t", clock=clock, joined=False)
+    assert d.feed(LocalRequest(1, b"x", 7)) == [Reply(7, -errno.EBUSY)]
+    d.feed(Reset())
+    d.feed(ConfChg((ME,), (), (ME,)))
+    sent = d.feed(LocalRequest(1, b"x", 8))
+    assert [type(a) for a in sent] == [Send] and d.joined
+    d.detach()
+    assert d.feed(LocalRequest(1, b"x", 9)) == [Reply(9, -errno.EBUSY)]
+    assert d.mode is Mode.SYNCED and not d.joined
+
+
+@trio_test
+async def test_driver_disconnect_detaches_the_machine() -> None:
+    n = make_node()
+    n.driver.disconnect()
+    sub, payload = fuse(Subtype.MKDIR, b"d")
+    assert await n.driver.request(sub, payload) == -errno.EBUSY
+    assert n.cpg.wire == [] and not n.dfsm.joined
+    n.driver.reset()  # the runner's next connection
+    n.driver.feed(ConfChg((ME,), (), (ME,)))
+    assert n.dfsm.joined and n.dfsm.mode is Mode.SYNCED
+
+
+def test_error_history_is_bounded_and_the_last_error_kept() -> None:
+    d = Dfsm(*ME, DcdbApp(Tree(), clock=clock), PROTOCOL_VERSION, name="t", clock=clock)
+    d.feed(ConfChg((ME,), (), (ME,)))
+    for i in range(3 * ERRORS_KEPT):
+        d.fail(f"error {i}")
+    assert d.stats.fatal == 3 * ERRORS_KEPT and d.stats.last_error == f"error {3 * ERRORS_KEPT - 1}"
+    assert list(d.stats.errors) == [f"error {i}" for i in range(2 * ERRORS_KEPT, 3 * ERRORS_KEPT)]
+
+
 # ------------------------------------------------------ Dfsm.deliver == feed(Deliver)
 
 
 def make_dfsm(member: Member, tree: Tree) -> Dfsm:
     app = DcdbApp(tree, clock=clock)
     app.local_member = member
-    return Dfsm(*member, app, name=f"n{member[0]}", clock=clock, verify_interval=None)
+    return Dfsm(
+        *member, app, PROTOCOL_VERSION, name=f"n{member[0]}", clock=clock, verify_interval=None
+    )
 
 
 def snapshot(d: Dfsm, tree: Tree) -> tuple[object, ...]:

@@ -11,11 +11,12 @@ from hypothesis import strategies as st
 
 from pmxcfs.dcdb import codec as dc
 from pmxcfs.dcdb.app import DcdbApp
-from pmxcfs.dcdb.codec import FuseOp, Subtype
-from pmxcfs.dfsm import codec, kvcodec
+from pmxcfs.dcdb.codec import PROTOCOL_VERSION, FuseOp, Subtype
+from pmxcfs.dfsm import codec
 from pmxcfs.dfsm.codec import Epoch, Mode, MsgType, WireError
 from pmxcfs.dfsm.machine import ConfChg, Deliver, Dfsm, Tick
 from pmxcfs.dfsm.sim import Sim
+from pmxcfs.kvstore import codec as kvcodec
 from pmxcfs.tree import Tree
 
 T0 = 1_700_000_000
@@ -93,7 +94,7 @@ def _synced_pair() -> tuple[Sim, dict[int, DcdbApp]]:
         t.create("nodes/f", 0, T0)
         t.write("nodes/f", 0, b"content", 0, T0)
         apps[n] = DcdbApp(t)
-        sim.add(Dfsm(n, n, apps[n]))
+        sim.add(Dfsm(n, n, apps[n], PROTOCOL_VERSION, name="dcdb"))
     sim.join((1, 1))
     sim.join((2, 2), (1, 1))
     sim.run()
@@ -168,7 +169,7 @@ def test_dfsm_survives_hostile_deliveries(msgs: list[tuple[tuple[int, int], byte
 )
 def test_single_dfsm_random_events(events: list[object]) -> None:
     t = Tree()
-    d = Dfsm(1, 1, DcdbApp(t))
+    d = Dfsm(1, 1, DcdbApp(t), PROTOCOL_VERSION, name="dcdb")
     for ev in events:
         d.feed(ev)  # type: ignore[arg-type]
     _consistent(t)
@@ -220,6 +221,6 @@ def test_bad_state_message_sizes_are_fatal() -> None:
     d = sim.procs[(2, 2)].dfsm
     d.feed(Deliver(1, 1, struct.pack("<HHIII", 2, 0, 1, T0, 0) + b"\x00" * 8))  # < 32 bytes
     assert d.mode == Mode.LEAVE
-    d2 = Dfsm(3, 3, DcdbApp(Tree()))
+    d2 = Dfsm(3, 3, DcdbApp(Tree()), PROTOCOL_VERSION, name="dcdb")
     d2.feed(Deliver(1, 1, codec.encode_normal(1, 1, T0, 1, b"")))  # before any confchg
     assert d2.mode == Mode.LEAVE

@@ -6,7 +6,7 @@ import errno
 
 from pmxcfs.constants import DT_DIR, DT_REG, VERSION_ROW_NAME
 from pmxcfs.dcdb.app import DcdbApp
-from pmxcfs.dcdb.codec import FuseOp, Subtype, decode_index
+from pmxcfs.dcdb.codec import PROTOCOL_VERSION, FuseOp, Subtype, decode_index
 from pmxcfs.dcdb.writegate import WriteGate
 from pmxcfs.dfsm import codec
 from pmxcfs.dfsm.codec import Mode
@@ -53,7 +53,7 @@ class Cluster:
                 clock=self.clock,
                 **app_kw,  # type: ignore[arg-type]
             )
-            d = Dfsm(nodeid, m[1], app, clock=self.clock, name=f"dcdb{nodeid}")
+            d = Dfsm(nodeid, m[1], app, PROTOCOL_VERSION, clock=self.clock, name=f"dcdb{nodeid}")
             self.apps[nodeid] = app
             self.dfsms[nodeid] = d
             self.sim.add(d)

@@ -122,6 +122,22 @@ def test_truncate_grow_empty_file_reads_zeros(m: Path) -> None:
     assert f.stat().st_size == 3
 
 
+def test_write_into_file_grown_from_empty_sizes_it_as_the_reference(m: Path) -> None:
+    """Q1: C holds only a size there, and a write starts from nothing (offset+len); the
+    kernel must not keep the old size."""
+    f = m / "t"
+    f.write_bytes(b"")
+    os.truncate(f, 100)
+    assert f.stat().st_size == 100
+    fd = os.open(f, os.O_WRONLY)
+    try:
+        assert os.pwrite(fd, b"ab", 10) == 2
+    finally:
+        os.close(fd)
+    assert f.stat().st_size == 12
+    assert f.read_bytes() == bytes(10) + b"ab"
+
+
 def test_long_names(m: Path) -> None:
     (m / ("n" * 300)).write_bytes(b"ok")  # pmxcfs itself has no name limit
     assert (m / ("n" * 300)).read_bytes() == b"ok"

@@ -14,13 +14,13 @@ import pytest
 import trio
 import trio.testing
 
-from pmxcfs.cluster import ClusterOptions, ClusterServices
 from pmxcfs.dcdb.codec import FuseOp, Subtype
+from pmxcfs.dcdb.writegate import WriteGate
 from pmxcfs.dfsm import codec
 from pmxcfs.dfsm.codec import Mode
 from pmxcfs.dfsm.machine import ConfChg
 from pmxcfs.journal import GroupCommit
-from pmxcfs.status.state import ClusterStatus
+from pmxcfs.services.replication import ReplicationOptions, ReplicationService
 from pmxcfs.storage import Database
 from pmxcfs.tree import Row, Tree, TreeError
 
@@ -148,17 +148,16 @@ def test_failed_flush_keeps_rows_staged_until_discarded() -> None:
 # ---------------------------------------------------------------------------- cluster policy
 
 
-def _services(tmp_path: Path) -> tuple[ClusterServices, Database, list[bytes]]:
-    db, tree = Database.open(str(tmp_path / "config.db"))
-    status = ClusterStatus("node1")
-    status.quorate = True
-    opts = ClusterOptions(
-        corosync_conf_path=str(tmp_path / "corosync.conf"),
+def _services(tmp_path: Path) -> tuple[ReplicationService, Database, list[bytes]]:
+    db, tree = Database.open(str(tmp_path / "config.db"), journal=GroupCommit)
+    assert isinstance(tree.journal, GroupCommit)
+    gate = WriteGate(lambda: True)
+    opts = ReplicationOptions(
         lost_found_dir=str(tmp_path / "lost+found"),
         sync_marker_path=str(tmp_path / "marker"),
         verify_interval=None,
     )
-    svc = ClusterServices(tree, status, "node1", opts)
+    svc = ReplicationService(tree, tree.journal, gate, opts)
     svc.dfsm.set_identity(1, os.getpid())
     svc.app.local_member = svc.dfsm.me
     svc.driver.reset()
@@ -191,11 +190,13 @@ def test_own_result_is_on_disk_before_the_caller_resumes(tmp_path: Path) -> None
             assert len(sent) == 1
             # one dispatch: a peer's create, then our own message
             peer = codec.encode_normal(Subtype.CREATE, 1, 5, 1, FuseOp(b"peer.cfg").encode())
+            svc.begin_batch()
             svc.driver.deliver(2, 4242, peer)
             svc.driver.deliver(svc.dfsm.me[0], svc.dfsm.me[1], sent[0])
             assert svc.journal.staged  # applied in memory, not yet written
-            assert not seen
-            svc._after_dispatch()
+            await trio.testing.wait_all_tasks_blocked()
+            assert not seen  # answered, but held until the batch is on disk
+            svc.end_batch()
             assert not svc.journal.staged and svc.journal.transactions == 1
         assert seen and {"mine.cfg", "peer.cfg"} <= seen[0]
 
@@ -214,8 +215,9 @@ def test_peer_operations_are_flushed_within_the_delay(tmp_path: Path) -> None:
                 msg = codec.encode_normal(
                     Subtype.CREATE, 1, 5, 100 + i, FuseOp(b"p%d.cfg" % i).encode()
                 )
+                svc.begin_batch()
                 svc.driver.deliver(svc.dfsm.me[0], svc.dfsm.me[1], msg)
-                svc._after_dispatch()
+                svc.end_batch()
             assert svc.journal.staged
             assert not any(r[6].startswith("p") for r in _rows(tmp_path / "config.db"))
             with trio.fail_after(5):
@@ -245,8 +247,9 @@ def test_failed_flush_answers_eio_and_leaves_in_error(tmp_path: Path) -> None:
 
             n.start_soon(call)
             await trio.testing.wait_all_tasks_blocked()
+            svc.begin_batch()
             svc.driver.deliver(svc.dfsm.me[0], svc.dfsm.me[1], sent[0])
-            svc._after_dispatch()
+            svc.end_batch()
             await trio.testing.wait_all_tasks_blocked()
             assert errs == [errno.EIO]
             assert svc.tree.error and svc.dfsm.mode == Mode.ERROR
@@ -266,8 +269,9 @@ def test_shutdown_writes_what_is_staged(tmp_path: Path) -> None:
             n.start_soon(svc.run_flusher)
             await trio.testing.wait_all_tasks_blocked()
             msg = codec.encode_normal(Subtype.CREATE, 1, 5, 100, FuseOp(b"late.cfg").encode())
+            svc.begin_batch()
             svc.driver.deliver(2, 4242, msg)
-            svc._after_dispatch()
+            svc.end_batch()
             assert svc.journal.staged
             n.cancel_scope.cancel()  # the daemon stops before FLUSH_DELAY has passed
         assert not svc.journal.staged

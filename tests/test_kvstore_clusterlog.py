@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from pmxcfs.dfsm.kvcodec import CLOG_HEADER, LOG_MAX, decode_clog, decode_log_entry
+from pmxcfs.kvstore.codec import CLOG_HEADER, LOG_MAX, decode_clog, decode_log_entry
 from pmxcfs.status.clusterlog import (
     CLOG_SIZE,
     MERGE_LIMIT,

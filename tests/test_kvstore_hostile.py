@@ -13,9 +13,9 @@ import pytest
 
 from pmxcfs.dfsm import codec
 from pmxcfs.dfsm.codec import Epoch, Mode, MsgType, WireError
-from pmxcfs.dfsm.kvcodec import CLOG_HEADER, LOG_HEADER, iter_clog
 from pmxcfs.dfsm.machine import Action, ConfChg, Leave, Send
 from pmxcfs.kvstore.app import LOG, UPDATE, KvstoreApp, update_payload
+from pmxcfs.kvstore.codec import CLOG_HEADER, LOG_HEADER, iter_clog
 from pmxcfs.kvstore.machine import KvstoreDfsm
 from pmxcfs.status.clusterlog import ClusterLog, make_entry
 from pmxcfs.status.render import render_members, render_rrd

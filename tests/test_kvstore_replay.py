@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from pmxcfs.cstr import c_str
 from pmxcfs.dfsm.capture import CapConfChg, CapDeliver, CapOp, read_capture
 from pmxcfs.dfsm.codec import Mode, MsgType
 from pmxcfs.dfsm.machine import ConfChg, LocalRequest, Send
@@ -98,10 +99,6 @@ def _log_pid(files: dict[tuple[str, str], str], node: str, tag: str, user: str) 
     raise AssertionError(f"no log entry of {node}/{tag}/{user}")
 
 
-def _c_str(raw: bytes) -> bytes:
-    return raw.split(b"\x00", 1)[0]
-
-
 @dataclass
 class Replay:
     nodes: dict[str, Node]
@@ -121,7 +118,7 @@ def _ipc(node: Node, rec: dict[str, Any], files: dict[tuple[str, str], str]) -> 
     if op == 7:  # LOG_CLUSTER_MSG
         pri, il, tl = req[0], req[1], req[2]
         ident, tag = req[3 : 3 + il - 1], req[3 + il : 3 + il + tl - 1]
-        msg = _c_str(req[3 + il + tl :])
+        msg = c_str(req[3 + il + tl :])
         pid = _log_pid(files, node.name, tag.decode(), ident.decode())
         entry = node.app.log_entry(ident, tag, pri, msg, pid)
         assert entry is not None
@@ -130,11 +127,11 @@ def _ipc(node: Node, rec: dict[str, Any], files: dict[tuple[str, str], str]) -> 
         return []
     st = node.status
     if op == 5:  # GET_STATUS
-        got = st.get_status(_c_str(req[:256]), _c_str(req[256:512]).decode())
+        got = st.get_status(c_str(req[:256]), c_str(req[256:512]).decode())
         assert got == (reply if rec["error"] == 0 else None), rec["note"]
     elif op == 8:  # GET_CLUSTER_LOG
         (limit,) = struct.unpack_from("<I", req)
-        assert node.clog.dump_bytes(limit, _c_str(req[16:])) == reply, rec["note"]
+        assert node.clog.dump_bytes(limit, c_str(req[16:])) == reply, rec["note"]
     elif op == 10:  # GET_RRD_DUMP: a freshly built dump carries C's trailing NUL
         assert render_rrd(st).encode() + b"\x00" == reply
     elif op == 2:  # GET_CLUSTER_INFO

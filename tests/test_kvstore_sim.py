@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pmxcfs.dfsm.codec import Mode
-from pmxcfs.dfsm.kvcodec import decode_kv_update
 from pmxcfs.dfsm.sim import Sim
 from pmxcfs.kvstore.app import LOG, UPDATE, KvstoreApp
+from pmxcfs.kvstore.codec import decode_kv_update
 from pmxcfs.kvstore.machine import KvstoreDfsm
 from pmxcfs.status.clusterlog import ClusterLog
 from pmxcfs.status.state import ClusterStatus, NodeInfo

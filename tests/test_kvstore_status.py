@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import errno
 
-from pmxcfs.dfsm.kvcodec import decode_kv_update
 from pmxcfs.kvstore.app import KvstoreApp
+from pmxcfs.kvstore.codec import decode_kv_update
 from pmxcfs.status.clusterlog import ClusterLog
 from pmxcfs.status.render import render_members, render_rrd, render_version
 from pmxcfs.status.state import ClusterStatus, KvStore, NodeInfo

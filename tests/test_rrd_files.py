@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from pmxcfs.daemon import _start_rrd_writer
+from pmxcfs.daemon import node_config
+from pmxcfs.node import start_rrd_writer
 from pmxcfs.options import parse
 from pmxcfs.status import rrdfiles
 from pmxcfs.status.librrd import LibRrd, RrdLibraryError
@@ -564,9 +565,10 @@ def test_options_and_daemon_wiring(tmp_path: Path) -> None:
         "/var/lib/rrdcached/db", "/var/run/rrdcached.sock")  # fmt: skip
     off = parse(["--rrd-dir", ""])
     status = ClusterStatus("n1")
-    assert _start_rrd_writer(off, status) is None and status.rrd_listeners == []
+    assert start_rrd_writer(node_config(off, "n1", "127.0.0.1", 33), status) is None
+    assert status.rrd_listeners == []
     on = parse(["--rrd-dir", str(tmp_path / "db"), "--rrdcached-socket", ""])
-    w = _start_rrd_writer(on, status)
+    w = start_rrd_writer(node_config(on, "n1", "127.0.0.1", 33), status)
     assert w is not None and w.rrdcached == "" and w.base_dir == str(tmp_path / "db")
     try:
         assert status.rrd_listeners == [w.submit]

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import struct
 from collections.abc import Sequence
 
 import pytest
 
 from pmxcfs import checksum
-from pmxcfs.tree import LoadError, Row, Tree, TreeError
+from pmxcfs.checksum import Hollow
+from pmxcfs.dcdb import codec
+from pmxcfs.tree import Entry, LoadError, Row, Tree, TreeError
 from pmxcfs.vmlist import DuplicateVmid
 
 
@@ -74,6 +77,83 @@ def test_truncate_of_empty_file_upward_is_zero_filled() -> None:
     t.truncate("f", 5000, 0, 1)
     e = t.lookup("f")
     assert e is not None and e.data == bytes(5000)
+
+
+def c_digest(e: Entry, payload: bytes) -> bytes:
+    """Digest A as the reference computes it, written out here independently."""
+    fields = struct.pack("<QIIIBQ", e.version, e.writer, e.mtime, e.size, e.type, e.parent)
+    return hashlib.sha256(fields + e.name.encode() + payload).digest()
+
+
+def c_verify(t: Tree, hollow: set[int]) -> bytes:
+    """The reference's verify digest: every entry by inode, the hollow ones without data."""
+    h = hashlib.sha256()
+    for e in sorted(t.index.values(), key=lambda x: x.inode):
+        fields = (e.inode, e.version, e.writer, e.mtime, e.size, e.type, e.parent)
+        h.update(struct.pack("<QQIIIBQ", *fields) + e.name_bytes)
+        if e.type == 8 and e.inode not in hollow:
+            h.update(e.data)
+    return h.digest()
+
+
+def test_file_grown_from_empty_hashes_and_writes_as_the_reference() -> None:
+    """Q1 / wire §10.5: C keeps the size without a buffer: its digests hash no payload, and
+    the next write starts from nothing.  We serve zeros, with C's digests and sizes."""
+    t = Tree()
+    t.create("f", 7, 100)
+    t.truncate("f", 5000, 7, 101)
+    e = t.lookup("f")
+    assert e is not None and e.size == 5000 and e.data == bytes(5000)
+    assert isinstance(e.data, Hollow)
+    assert checksum.entry_digest(e) == c_digest(e, b"")
+    # the verify digest (C) skips the payload too
+    assert checksum.verify_checksum(t.index.values()) == c_verify(t, hollow={e.inode})
+    # C's sizes: a write starts from nothing, a truncate keeps only the size
+    t.truncate("f", 8000, 7, 102)
+    assert isinstance(e.data, Hollow) and e.size == 8000
+    t.truncate("f", 30, 7, 103)
+    assert isinstance(e.data, Hollow) and e.size == 30
+    assert t.write("f", 10, b"ab", 7, 104) == 2
+    assert e.data == bytes(10) + b"ab" and not isinstance(e.data, Hollow)
+    assert checksum.entry_digest(e) == c_digest(e, e.data)
+    # now it holds data: the usual rules again
+    t.write("f", 0, b"X", 7, 105)
+    assert e.data == b"X" + bytes(9) + b"ab"
+    t.truncate("f", 20, 7, 106)
+    assert e.data == b"X" + bytes(9) + b"ab" + bytes(8)
+    assert checksum.entry_digest(e) == c_digest(e, e.data)
+    # cut to nothing, then grown again: a size only, as after a create
+    t.truncate("f", 0, 7, 107)
+    assert e.data == b"" and not isinstance(e.data, Hollow)
+    t.truncate("f", 4, 7, 108)
+    assert isinstance(e.data, Hollow) and checksum.entry_digest(e) == c_digest(e, b"")
+    t.truncate("f", 0, 7, 109)
+    assert e.data == b""
+    # zero bytes actually written are data (the reference's own unit-test vector)
+    t.write("f", 0, bytes(16), 7, 110)
+    assert not isinstance(e.data, Hollow) and checksum.entry_digest(e) == c_digest(e, bytes(16))
+
+
+def test_hollow_state_travels_with_rows_and_from_the_leaders_digest() -> None:
+    t = Tree()
+    t.create("h", 0, 1)
+    t.truncate("h", 64, 0, 2)
+    t.create("z", 0, 3)
+    t.write("z", 0, bytes(64), 0, 4)  # data, not hollow
+    # rows as the follower commit rebuilds them: the state is kept
+    same = Tree.from_rows(t.rows())
+    assert same.encode_index() == t.encode_index()
+    # a database (or an UPDATE) carries plain zeros: the state is lost ...
+    reloaded = Tree.from_rows([(*r[:7], bytes(r[7]) if r[7] else None) for r in t.rows()])
+    assert reloaded.encode_index() != t.encode_index()
+    # ... and taken back from the leader's index, only where it gives the leader's digest
+    leader = codec.decode_index(t.encode_index())
+    assert reloaded.adopt_hollow(leader.records) == 1
+    assert reloaded.encode_index() == t.encode_index()
+    h, z = reloaded.lookup("h"), reloaded.lookup("z")
+    assert h is not None and isinstance(h.data, Hollow)
+    assert z is not None and not isinstance(z.data, Hollow)
+    assert reloaded.adopt_hollow(leader.records) == 0
 
 
 def test_version_and_inode_rules() -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from pmxcfs.dcdb import codec as dc
-from pmxcfs.dfsm import codec, kvcodec
+from pmxcfs.dfsm import codec
 from pmxcfs.dfsm.capture import CapDeliver, read_capture
+from pmxcfs.kvstore import codec as kvcodec
 from tests.shared import VECTORS
 
 DCDB = VECTORS / "dcdb-fs-ops-3node.jsonl.gz"
@@ -24,7 +25,7 @@ ALL = _delivers(DCDB) + _delivers(STATUS)
 
 def _check_dcdb_payload(msg: codec.Message) -> str:
     if isinstance(msg, codec.NormalMessage):
-        assert msg.protocol_version == codec.DCDB_PROTOCOL_VERSION
+        assert msg.protocol_version == dc.PROTOCOL_VERSION
         if msg.subtype in dc.FUSE_SUBTYPES:
             op = dc.decode_fuse(msg.payload)
             assert op.encode() == msg.payload
@@ -36,7 +37,7 @@ def _check_dcdb_payload(msg: codec.Message) -> str:
         u = dc.decode_unlock(msg.payload)
         assert u.encode() == msg.payload
         return "unlock"
-    assert msg.protocol_version == codec.DCDB_PROTOCOL_VERSION
+    assert msg.protocol_version == dc.PROTOCOL_VERSION
     t = codec.MsgType(msg.type)
     if t is codec.MsgType.STATE:
         idx = dc.decode_index(msg.payload)
@@ -58,7 +59,7 @@ def _check_dcdb_payload(msg: codec.Message) -> str:
 
 
 def _check_kv_payload(msg: codec.Message) -> str:
-    assert msg.protocol_version == codec.KVSTORE_PROTOCOL_VERSION
+    assert msg.protocol_version == kvcodec.PROTOCOL_VERSION
     if isinstance(msg, codec.NormalMessage):
         if msg.subtype == kvcodec.KvSubtype.UPDATE:
             kv = kvcodec.decode_kv_update(msg.payload)
@@ -97,6 +98,13 @@ def test_every_message_roundtrips() -> None:
         "dcdb:SYNC_START", "kv:kv", "kv:log", "kv:clog", "kv:SYNC_START",
     ):  # fmt: skip
         assert kinds.get(expected, 0) > 0, expected
+
+
+def test_group_constants_are_the_recorded_groups() -> None:
+    """The C daemons joined exactly the groups our codecs name (the NUL counts)."""
+    groups = {d.group for d in ALL}
+    assert groups == {dc.GROUP[:-1].decode(), kvcodec.GROUP[:-1].decode()}
+    assert dc.GROUP.endswith(b"\0") and kvcodec.GROUP.endswith(b"\0")
 
 
 def test_encoders_rebuild_messages_from_fields() -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pmxcfs import checksum
 from pmxcfs.constants import DT_REG, VERSION_ROW_NAME
 from pmxcfs.dcdb.app import DcdbApp
-from pmxcfs.dcdb.codec import Subtype, decode_index
+from pmxcfs.dcdb.codec import PROTOCOL_VERSION, Subtype, decode_index
 from pmxcfs.dfsm import codec
 from pmxcfs.dfsm.capture import CapConfChg, CapDeliver, CapOp, read_capture
 from pmxcfs.dfsm.codec import Mode, MsgType
@@ -63,7 +63,7 @@ def _make_node(name: str, pid: int, rows: list, clock: Clock) -> Node:
             holder[count] = (subtype, result)
 
     app = DcdbApp(tree, clock=clock, observer=observe)
-    dfsm = Dfsm(NODEIDS[name], pid, app, clock=clock, name=f"dcdb[{name}]")
+    dfsm = Dfsm(NODEIDS[name], pid, app, PROTOCOL_VERSION, clock=clock, name=f"dcdb[{name}]")
     return Node(name, pid, tree, app, dfsm, results=holder)
 
 

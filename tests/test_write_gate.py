@@ -14,7 +14,7 @@ import trio
 
 from pmxcfs.dcdb.app import DcdbApp
 from pmxcfs.dcdb.backend import ClusterBackend
-from pmxcfs.dcdb.codec import FuseOp, Subtype
+from pmxcfs.dcdb.codec import PROTOCOL_VERSION, FuseOp, Subtype
 from pmxcfs.dcdb.writegate import WriteGate
 from pmxcfs.dfsm.codec import Mode
 from pmxcfs.dfsm.driver import DfsmDriver
@@ -96,7 +96,7 @@ class Nodes:
             tree = Tree()
             tree.clock = self.clock
             self.apps[n] = app = DcdbApp(tree, gate=gate, clock=self.clock)
-            self.sim.add(Dfsm(n, m[1], app, clock=self.clock, name=f"dcdb{n}"))
+            self.sim.add(Dfsm(n, m[1], app, PROTOCOL_VERSION, clock=self.clock, name=f"dcdb{n}"))
             gate.set_votes(2, 0, {1: 1, 2: 1, 3: 1})
         self.sim.join(self.m(1))
         self.sim.join(self.m(2), self.m(1))
@@ -196,7 +196,7 @@ async def _backend_refuses() -> None:
     gate = WriteGate(lambda: True)
     gate.set_votes(2, 0, {1: 1, 2: 1, 3: 1})
     app = DcdbApp(tree, gate=gate)
-    dfsm = Dfsm(1, 101, app, name="t", verify_interval=None)
+    dfsm = Dfsm(1, 101, app, PROTOCOL_VERSION, name="t", verify_interval=None)
     driver = DfsmDriver(dfsm)
     backend = ClusterBackend(tree, driver, gate)
     driver.feed(ConfChg(((1, 101),), (), ((1, 101),)))

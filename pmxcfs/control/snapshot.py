@@ -20,7 +20,7 @@ from .history import GroupHistory, GroupReading, History, QuorumHistory
 if TYPE_CHECKING:
     from cpg.ipcs import IpcServer
 
-    from ..cluster import ClusterServices
+    from ..cluster import ClusterNode
     from ..dfsm.driver import DfsmDriver
     from ..dfsm.runner import GroupRunner
     from ..fs.invalidator import Invalidator
@@ -53,8 +53,9 @@ class Sources:
     set_debug: Callable[[bool], None]
     invalidator: Invalidator | None = None
     rrd: RrdWriter | None = None
-    services: Callable[[], ClusterServices | None] = _none
+    services: Callable[[], ClusterNode | None] = _none
     ipc: Callable[[], IpcServer | None] = _none
+    service_names: Callable[[], list[str]] = list
     pid: int = field(default_factory=os.getpid)
     started: float = field(default_factory=time.time)
 
@@ -70,7 +71,7 @@ def _groups(src: Sources) -> dict[str, tuple[DfsmDriver, GroupRunner]]:
     svc = src.services()
     if svc is None:
         return {}
-    out = {"dcdb": (svc.driver, svc.runner)}
+    out = {"dcdb": (svc.replication.driver, svc.replication.runner)}
     if svc.kvstore is not None:
         out["kvstore"] = (svc.kvstore.driver, svc.kvstore.runner)
     return out
@@ -204,6 +205,7 @@ def build(src: Sources, hist: History, wall: float, mono: float) -> dict[str, An
     doc: dict[str, Any] = {
         "nodename": src.nodename,
         "mode": "cluster" if src.cluster_mode else "local",
+        "services": src.service_names(),
         "pid": src.pid,
         "started": src.started,
         "time": wall,

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 from .. import checksum
 from ..constants import DT_DIR, DT_REG, VERSION_ROW_NAME
+from ..cstr import c_str
 from ..dfsm.codec import WireError
 from ..dfsm.machine import DeliverOutcome, Member, StateOutcome
-from ..journal import GroupCommit
 from ..origin import local_request
 from ..tree import Entry, LoadError, Row, Tree, TreeError
 from ..vmlist import VmListError
@@ -57,7 +57,7 @@ def _decode_path(raw: bytes | None) -> str | None:
     if raw is None:
         return None
     try:
-        return codec.c_str(raw).decode("utf-8")
+        return c_str(raw).decode("utf-8")
     except UnicodeDecodeError:
         return None
 
@@ -121,11 +121,8 @@ class DcdbApp:
         cluster_log: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
         observer: ResultObserver | None = None,
-        group_commit: GroupCommit | None = None,
     ) -> None:
         self.tree = tree
-        #: when set, operations applied from messages are staged and flushed in groups
-        self.group_commit = group_commit
         #: whether writes may be applied; fed the group at every confchg, in totem order
         self.gate = gate if gate is not None else WriteGate()
         self.lost_found_dir = lost_found_dir
@@ -229,6 +226,9 @@ class DcdbApp:
         try:
             new = Tree.from_rows(rows.values(), tree.journal, tree.clock)
             new.finish_load()
+            # rows cannot tell an empty file truncated upward (C hashes no data for it):
+            # the leader's digests can
+            new.adopt_hollow(ctx.leader_index.records)
         except (LoadError, VmListError) as exc:
             log.error("dcdb: tree from the leader's updates is invalid: %s", exc)
             return False
@@ -322,29 +322,18 @@ class DcdbApp:
             log.error("dcdb: received write while %s - trigger resync", self.gate.reason())
             return self._observe(sender, count, subtype, DeliverOutcome(-1, fatal=True))
         tree = self.tree
-        gc = self.group_commit
         try:
             if subtype >= _UNLOCK_REQUEST:
                 msg = codec.decode_unlock(payload)
-                if gc is not None:
-                    gc.defer = True
-                try:
-                    out = self._unlock(sender, subtype, mtime, msg, lowest)
-                finally:
-                    if gc is not None:
-                        gc.defer = False
+                out = self._unlock(sender, subtype, mtime, msg, lowest)
             else:
                 op = codec.decode_fuse(payload)
                 # Our own message answers a syscall that is waiting: no cache to invalidate.
                 token = local_request.set(sender == self.local_member)
-                if gc is not None:
-                    gc.defer = True
                 try:
                     out = DeliverOutcome(self._apply(sender[0], subtype, mtime, op))
                 finally:
                     local_request.reset(token)
-                    if gc is not None:
-                        gc.defer = False
         except WireError as exc:
             log.error("dcdb: bad message %d from node %d: %s", subtype, sender[0], exc)
             out = DeliverOutcome(-1, fatal=True)

@@ -1,8 +1,9 @@
-"""DCDB payloads: FUSE operations, unlock messages, the STATE index and UPDATE entries
-(wire-protocol §5.2, §5.4, §6.1, §6.6, §8).
+"""The `pve_dcdb_v1` group on the wire: its name, protocol version and payloads (FUSE
+operations, unlock messages, the STATE index and UPDATE entries; wire-protocol §2.1, §5.2,
+§5.4, §6.1, §6.6, §8).
 
 Strings keep their raw bytes (without the terminating NUL) so that decode/encode round-trips
-exactly; `c_str()` gives what a C receiver actually sees (up to the first NUL).
+exactly; `pmxcfs.cstr.c_str()` gives what a C receiver actually sees (up to the first NUL).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from enum import IntEnum
 
 from ..constants import DT_DIR, DT_REG
 from ..dfsm.codec import WireError
+
+GROUP = b"pve_dcdb_v1\x00"  # joined with length 12: the NUL is part of the name
+PROTOCOL_VERSION = 1
 
 FUSE_HEADER = struct.Struct("<IIIII")
 FUSE_SIZE = FUSE_HEADER.size  # 20
@@ -38,12 +42,6 @@ class Subtype(IntEnum):
 
 
 FUSE_SUBTYPES = frozenset(range(Subtype.WRITE, Subtype.MTIME + 1))
-
-
-def c_str(raw: bytes) -> bytes:
-    """What C string functions see: the bytes before the first NUL."""
-    i = raw.find(b"\x00")
-    return raw if i < 0 else raw[:i]
 
 
 def _cstring_field(raw: bytes | None) -> bytes:

@@ -1,6 +1,6 @@
-"""Generic DFSM (distributed finite state machine) over corosync CPG, sans-I/O.
+"""Generic DFSM (distributed finite state machine) over corosync CPG, sans-I/O; it names no
+application (each brings its own group, protocol version and payloads).
 
-codec: wire headers; machine: the state machine (`Dfsm.feed(event) -> actions`);
-driver: trio adapter; sim: deterministic in-memory CPG; kvcodec: kvstore-group payloads;
-capture: reader for recorded CPG traffic.
+codec: wire headers; machine: `Dfsm.feed(event) -> actions`; driver: trio adapter; runner:
+one machine in one CPG group; sim: in-memory CPG; capture: recorded CPG traffic.
 """

@@ -23,11 +23,6 @@ STATE_SIZE = STATE_HEADER.size  # 32
 VERIFY_REQUEST_SIZE = 8
 VERIFY_SIZE = 40
 
-DCDB_GROUP = b"pve_dcdb_v1\x00"  # joined with length 12: the NUL is part of the name
-DCDB_PROTOCOL_VERSION = 1
-KVSTORE_GROUP = b"pve_kvstore_v1\x00"  # length 15
-KVSTORE_PROTOCOL_VERSION = 0
-
 U32 = 0xFFFFFFFF
 
 

@@ -6,6 +6,10 @@ which keeps NORMAL `count`s increasing on the wire (§4.8): directly from `feed`
 is queued (one non-blocking cpg_mcast_joined, as the reference does from its callbacks), else
 through one sender task that retries. A caller's request resolves when the state machine
 replies: its own delivery, a send failure or an abort.
+
+Within a batch (`begin_batch` .. `end_batch`, one CPG dispatch) replies are held and the
+callers woken only at its end, so that whoever owns the batch can first make its effects
+durable (group commit) or turn the results into a failure.
 """
 
 from __future__ import annotations
@@ -52,9 +56,7 @@ class DfsmDriver:
         self._next_rid = 1
         self.leave_requested = trio.Event()
         self.direct: DirectMcast | None = None
-        #: with group commit: waiters answered since the last flush (see `settle`)
-        self.track_answers = False
-        self.answered: list[_Waiter] = []
+        self._held: list[_Waiter] | None = None  # a batch is open: replies wait here
         self._queued = 0  # handed to the sender task, not yet multicast
 
     # ------------------------------------------------------------------ feeding
@@ -74,9 +76,10 @@ class DfsmDriver:
                 w = self._waiters.pop(a.request_id, None)
                 if w is not None:
                     w.result = a.result
-                    w.done.set()
-                    if self.track_answers:
-                        self.answered.append(w)
+                    if self._held is not None:
+                        self._held.append(w)
+                    else:
+                        w.done.set()
             elif isinstance(a, Leave):
                 self.leave_requested.set()
 
@@ -93,13 +96,26 @@ class DfsmDriver:
         self._queued += 1
         self._send_tx.send_nowait(s)
 
-    def fail_answered(self, result: int) -> None:
-        """Change the results of waiters answered since the last flush, before they run
-        (they were only woken; trio runs them after the current task yields)."""
-        for w in self.answered:
-            if w.result >= 0:
-                w.result = result
-        self.answered.clear()
+    # ------------------------------------------------------------------ batches
+
+    def begin_batch(self) -> None:
+        """Hold replies until `end_batch` (idempotent while a batch is open)."""
+        if self._held is None:
+            self._held = []
+
+    @property
+    def held(self) -> int:
+        """Replies held in the open batch (callers answered, not yet woken)."""
+        return len(self._held) if self._held else 0
+
+    def end_batch(self, failure: int | None = None) -> None:
+        """Wake the callers answered in the batch; with *failure*, successful results
+        become that error first (their effect never reached the disk)."""
+        held, self._held = self._held, None
+        for w in held or ():
+            if failure is not None and w.result >= 0:
+                w.result = failure
+            w.done.set()
 
     def fail(self, reason: str) -> None:
         self._perform(self.dfsm.fail(reason))
@@ -120,7 +136,7 @@ class DfsmDriver:
     def disconnect(self) -> None:
         """The transport is gone: fail unsent messages and every waiter with EBUSY."""
         self.reset()
-        self.dfsm.joined = False
+        self.dfsm.detach()
 
     # ------------------------------------------------------------------ requests
 

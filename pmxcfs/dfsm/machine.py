@@ -5,6 +5,7 @@ feeds membership changes, deliveries, timer ticks and local send requests, and p
 returned actions (multicast bytes, hand a result to a waiting caller, leave the group) in
 order. What is synchronised is an `Application` (DCDB, kvstore); its callbacks run inline,
 exactly where the reference calls them, so ordering relative to the total order is preserved.
+The application's owner gives the protocol version and the name its log lines carry.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import bisect
 import errno
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -28,6 +30,7 @@ Member = tuple[int, int]
 DEFAULT_VERIFY_INTERVAL = 3600.0
 RESULT_FATAL = -1  # what the sender sees when its own message was fatal at delivery (§5.7)
 RESULT_ABORTED = -errno.EBUSY
+ERRORS_KEPT = 20  # Stats.errors: the most recent fatal reasons
 _NORMAL = int(MsgType.NORMAL)
 _NORMAL_HEADER = codec.NORMAL_HEADER
 _NORMAL_SIZE = codec.NORMAL_SIZE
@@ -190,27 +193,35 @@ class Queued:
 
 @dataclass(slots=True)
 class Stats:
+    """What the admin status shows of a group; `errors` keeps only the latest reasons."""
+
     delivered: int = 0
     ignored: int = 0
     fatal: int = 0
     syncs: int = 0
     last_error: str = ""
-    errors: list[str] = field(default_factory=list)
+    errors: deque[str] = field(default_factory=lambda: deque(maxlen=ERRORS_KEPT))
 
 
 class Dfsm:
-    """One DFSM instance for one CPG group."""
+    """One DFSM instance for one CPG group.
+
+    `protocol_version` and `name` (the log prefix) belong to the application's group.
+    `joined=False` makes local requests fail with EBUSY until the first `Reset` (a service
+    that has not connected yet); `detach()` does the same when the transport is gone.
+    """
 
     def __init__(
         self,
         nodeid: int,
         pid: int,
         app: Application,
-        protocol_version: int = codec.DCDB_PROTOCOL_VERSION,
+        protocol_version: int,
         *,
-        name: str = "dcdb",
+        name: str,
         clock: Callable[[], float] = time.time,
         verify_interval: float | None = DEFAULT_VERIFY_INTERVAL,
+        joined: bool = True,
     ) -> None:
         self.nodeid = nodeid
         self.pid = pid
@@ -228,7 +239,7 @@ class Dfsm:
         self.members: list[MemberInfo] | None = None
         self._by_id: dict[Member, MemberInfo] = {}
         self.we_are_member = False
-        self.joined = True
+        self.joined = joined
         self.msgcount = 0
         self.msgcount_rcvd = 0
         self.msg_queue: list[Queued] = []
@@ -248,6 +259,10 @@ class Dfsm:
         self.nodeid = nodeid
         self.pid = pid
         self.me = (nodeid, pid)
+
+    def detach(self) -> None:
+        """The transport is gone: nothing can be sent until the next `Reset`."""
+        self.joined = False
 
     @property
     def restartable(self) -> bool:

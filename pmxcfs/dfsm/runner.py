@@ -26,7 +26,7 @@ class GroupRunner:
     def __init__(
         self,
         name: str,
-        group: str,
+        group: bytes,
         driver: DfsmDriver,
         restart_delay: float,
         *,
@@ -37,7 +37,7 @@ class GroupRunner:
         rejoin_delay: float | None = None,
     ) -> None:
         self.name = name
-        self.group = group  # joined as pmxcfs does: with its terminating NUL
+        self.group = group  # the exact bytes joined (pmxcfs counts the terminating NUL)
         self.driver = driver
         self.restart_delay = restart_delay
         self.rejoin_delay = restart_delay if rejoin_delay is None else rejoin_delay
@@ -64,7 +64,7 @@ class GroupRunner:
     async def run(self) -> None:
         from cpg import CorosyncError, Cpg, group_name
 
-        group = group_name(self.group, include_nul=True)
+        group = group_name(self.group, include_nul=False)
         dfsm = self.driver.dfsm
         warned = False
         while True:

@@ -26,10 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..cstr import c_str
 from ..paths import VM_KINDS, is_private
 from ..status.clusterlog import ClusterLog
 from ..status.render import render_members, render_rrd, render_version, render_vmlist
-from ..status.state import MAX_STATUS_SIZE, ClusterStatus
+from ..status.state import ClusterStatus
 from ..tree import Tree
 
 if TYPE_CHECKING:
@@ -97,10 +98,7 @@ class IpcState:
     def set_status(self, key: bytes, value: bytes) -> int:
         if self.kvstore is not None:
             return self.kvstore.set_status(key, value)
-        if len(value) > MAX_STATUS_SIZE:
-            return -errno.EFBIG
-        key = _cstr(key)[: NAME_FIELD - 1]
-        return 0 if self.status.set_local(key, value) else -errno.ENOMEM
+        return self.status.set_status(key, value)
 
     def log(self, ident: bytes, tag: bytes, priority: int, msg: bytes, pid: int) -> None:
         if self.kvstore is not None:
@@ -109,14 +107,9 @@ class IpcState:
             self.clog.add_local(ident, tag, priority, msg, pid)
 
 
-def _cstr(b: bytes) -> bytes:
-    """Up to the first NUL."""
-    return b.split(b"\x00", 1)[0]
-
-
 def _field(payload: bytes, start: int) -> bytes:
     """A char[256] field whose byte 255 is forced to NUL."""
-    return _cstr(payload[start : start + NAME_FIELD - 1])
+    return c_str(payload[start : start + NAME_FIELD - 1])
 
 
 # ---------------------------------------------------------------------- dispatch
@@ -149,10 +142,7 @@ def _set_status(state: IpcState, peer: Peer, payload: bytes) -> Reply:
         return _err(errno.EPERM)
     if len(payload) < NAME_FIELD:
         return _err(errno.EINVAL)
-    value = payload[NAME_FIELD:]
-    if len(value) > MAX_STATUS_SIZE:
-        return _err(errno.EFBIG)
-    return state.set_status(_field(payload, 0), value), b""
+    return state.set_status(_field(payload, 0), payload[NAME_FIELD:]), b""
 
 
 def _get_status(state: IpcState, peer: Peer, payload: bytes) -> Reply:
@@ -169,7 +159,7 @@ def _get_status(state: IpcState, peer: Peer, payload: bytes) -> Reply:
 def _get_config(state: IpcState, peer: Peer, payload: bytes) -> Reply:
     if not payload:
         return _err(errno.EINVAL)
-    path = _cstr(payload[:-1]).decode("utf-8", "surrogateescape")
+    path = c_str(payload[:-1]).decode("utf-8", "surrogateescape")
     if peer.readonly and is_private(path):
         return _err(errno.EPERM)
     e = state.tree.lookup(path)
@@ -191,9 +181,9 @@ def _log_cluster_msg(state: IpcState, peer: Peer, payload: bytes) -> Reply:
         return _err(errno.EINVAL)
     if priority >= 8:
         return _OK  # C: success, nothing logged
-    ident = _cstr(payload[3 : 3 + ident_len])
-    tag = _cstr(payload[3 + ident_len : msg_start])
-    msg = _cstr(payload[msg_start:])
+    ident = c_str(payload[3 : 3 + ident_len])
+    tag = c_str(payload[3 + ident_len : msg_start])
+    msg = c_str(payload[msg_start:])
     state.log(ident, tag, priority, msg, peer.pid)
     return _OK
 
@@ -202,7 +192,7 @@ def _get_cluster_log(state: IpcState, peer: Peer, payload: bytes) -> Reply:
     if len(payload) < 17:  # u32 max, u32 reserved x3, then at least the user's NUL
         return _err(errno.EINVAL)
     (max_entries,) = struct.unpack_from("=I", payload)
-    user = _cstr(payload[16:-1])
+    user = c_str(payload[16:-1])
     return 0, state.clog.dump_bytes(max_entries, user)
 
 
@@ -305,7 +295,7 @@ def _guest_config_property(state: IpcState, peer: Peer, payload: bytes) -> Reply
         return _err(errno.EINVAL)
     # C takes the request's last byte as the name's terminator: a name sent without its NUL
     # loses its last character, and an empty name is a name (it matches lines ":...").
-    return _guest_props(state, vmid, [_cstr(rest[:-1])])
+    return _guest_props(state, vmid, [c_str(rest[:-1])])
 
 
 def _guest_config_properties(state: IpcState, peer: Peer, payload: bytes) -> Reply:

@@ -12,10 +12,10 @@ import logging
 from collections.abc import Sequence
 
 from ..dfsm.codec import WireError
-from ..dfsm.kvcodec import KEY_FIELD, KvSubtype, KvUpdate, decode_kv_update, decode_log_entry
 from ..dfsm.machine import DeliverOutcome, Member, StateOutcome
 from ..status.clusterlog import ClusterLog, valid_state
-from ..status.state import MAX_STATUS_SIZE, NODEIP_KEY, ClusterStatus
+from ..status.state import NODEIP_KEY, ClusterStatus, status_key
+from .codec import KvSubtype, KvUpdate, decode_kv_update, decode_log_entry
 
 log = logging.getLogger("pmxcfs.kvstore")
 
@@ -24,14 +24,10 @@ LOG = int(KvSubtype.LOG)
 _NO_OP = DeliverOutcome()
 
 
-def wire_key(key: bytes) -> bytes:
-    """A key as C sends it: up to its first NUL, at most 255 bytes."""
-    return key.split(b"\x00", 1)[0][: KEY_FIELD - 1]
-
-
 def update_payload(key: bytes, value: bytes) -> bytes:
-    """KVSTORE_UPDATE payload; the bytes after the key's NUL are zeros (C: stack garbage)."""
-    return KvUpdate.make(wire_key(key), value).encode()
+    """KVSTORE_UPDATE payload of a key as C keeps it (up to its first NUL, at most 255
+    bytes); the bytes after the key's NUL are zeros (C: stack garbage)."""
+    return KvUpdate.make(status_key(key), value).encode()
 
 
 class KvstoreApp:
@@ -48,13 +44,11 @@ class KvstoreApp:
     def set_status(self, key: bytes, value: bytes) -> tuple[int, bytes | None]:
         """§2.5 set_status steps 1, 2 and 4: (result, payload to multicast or None).
 
-        The payload is returned even when the local store failed: C sends it anyway (step 3).
+        The payload is returned even when the local store failed: C sends it anyway (step 3);
+        a value too large (-EFBIG) is neither stored nor sent.
         """
-        if len(value) > MAX_STATUS_SIZE:
-            return -errno.EFBIG, None
-        key = wire_key(key)
-        ok = self.status.set_local(key, value)
-        return (0 if ok else -errno.ENOMEM), update_payload(key, value)
+        res = self.status.set_status(key, value)
+        return res, (None if res == -errno.EFBIG else update_payload(key, value))
 
     def log_entry(
         self, ident: str | bytes, tag: str | bytes, priority: int, msg: str | bytes,
@@ -122,10 +116,6 @@ class KvstoreApp:
             kv = decode_kv_update(payload)
         except WireError as exc:
             log.error("kvstore: cant parse update message from node %d: %s", sender[0], exc)
-            return
-        if len(kv.value) > MAX_STATUS_SIZE:
-            log.error("kvstore: update of %r from node %d too large (%d bytes) - ignored",
-                      kv.key, sender[0], len(kv.value))  # fmt: skip
             return
         self.status.set_remote(sender[0], kv.key, kv.value)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ..dfsm.codec import KVSTORE_PROTOCOL_VERSION
 from ..dfsm.machine import Dfsm
 from .app import KvstoreApp
+from .codec import PROTOCOL_VERSION
 
 
 class KvstoreDfsm(Dfsm):
@@ -26,10 +26,11 @@ class KvstoreDfsm(Dfsm):
         *,
         name: str = "kvstore",
         clock: Callable[[], float] = time.time,
+        joined: bool = True,
     ) -> None:
         super().__init__(
-            nodeid, pid, app, KVSTORE_PROTOCOL_VERSION, name=name, clock=clock,
-            verify_interval=None,
+            nodeid, pid, app, PROTOCOL_VERSION, name=name, clock=clock, verify_interval=None,
+            joined=joined,
         )  # fmt: skip
         self.kv_app = app
         app.local_member = self.me

@@ -17,6 +17,7 @@ from ..dfsm.runner import GroupRunner
 from ..status.clusterlog import ClusterLog
 from ..status.state import ClusterStatus
 from .app import LOG, UPDATE, KvstoreApp
+from .codec import GROUP
 from .machine import KvstoreDfsm
 
 log = logging.getLogger("pmxcfs.kvstore")
@@ -41,10 +42,10 @@ class KvstoreService:
         self.nodename = nodename
         self.restart_delay = restart_delay
         self.app = KvstoreApp(status, clog, node_ip)
-        self.dfsm = KvstoreDfsm(self.app, 0, os.getpid())
-        self.dfsm.joined = False  # nothing can be sent before the first connection
+        # nothing can be sent before the first connection
+        self.dfsm = KvstoreDfsm(self.app, 0, os.getpid(), joined=False)
         self.driver = DfsmDriver(self.dfsm)
-        self.runner = GroupRunner("kvstore", "pve_kvstore_v1", self.driver, restart_delay)
+        self.runner = GroupRunner("kvstore", GROUP, self.driver, restart_delay)
         self.connected = self.runner.connected  # set once the group has been joined
 
     # ------------------------------------------------------------------ local callers

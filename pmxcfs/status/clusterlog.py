@@ -15,8 +15,9 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+from ..cstr import c_str
 from ..dfsm.codec import WireError
-from ..dfsm.kvcodec import CLOG_HEADER, LOG_FIXED, LOG_MAX, ClogState, LogEntry, iter_clog
+from ..kvstore.codec import CLOG_HEADER, LOG_FIXED, LOG_MAX, ClogState, LogEntry, iter_clog
 
 __all__ = ["CLOG_SIZE", "ClusterLog", "LogEntry", "clean_message", "compare", "fnv1a64"]
 
@@ -115,7 +116,7 @@ def clean_message(raw: bytes, limit: int | None = None, cap: int | None = None) 
 
 def _field(value: str | bytes) -> bytes:
     raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
-    return raw.split(b"\x00", 1)[0][:_FIELD_MAX]
+    return c_str(raw)[:_FIELD_MAX]
 
 
 def make_entry(
@@ -237,7 +238,7 @@ class ClusterLog:
             _field(tag),
             os.getpid() if pid is None else pid,
             pri,
-            raw.split(b"\x00", 1)[0],
+            c_str(raw),
         )
         self.insert(e)
         return e

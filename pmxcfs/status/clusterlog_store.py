@@ -28,7 +28,7 @@ import msgpack
 import trio
 
 from ..dfsm.codec import WireError
-from ..dfsm.kvcodec import LOG_MAX, LogEntry, iter_clog
+from ..kvstore.codec import LOG_MAX, LogEntry, iter_clog
 from .clusterlog import ClusterLog
 
 __all__ = ["FILE_NAME", "ClusterLogStore", "StoreError", "decode_file", "encode_file"]
@@ -121,7 +121,6 @@ class ClusterLogStore:
         self.clog = clog
         self.interval = interval
         self.max_file = 4 * clog.size + 65536  # a sane file is about the ring's size
-        self.writes = 0  # files written (tests)
         self._dirty = False
         self._wake: trio.Event | None = None
         self._cond = threading.Condition()
@@ -269,7 +268,6 @@ class ClusterLogStore:
             self._failing = False
             log.info("cluster log saved to %s again", self.path)
         self._last = data
-        self.writes += 1
 
 
 def write_atomic(path: str, data: bytes) -> None:

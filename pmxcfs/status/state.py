@@ -8,17 +8,20 @@ drop cached modes (the write bits follow quorum). The key-value rules are status
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ..constants import VERSIONED_PATHS
+from ..cstr import c_str
 from ..tree import Change, Op
 
 log = logging.getLogger("pmxcfs.status")
 
 MAX_STATUS_SIZE = 32768  # CFS_MAX_STATUS_SIZE: larger set_status values get -EFBIG
+KEY_MAX = 255  # keys travel in char[256] fields (IPC request, KVSTORE_UPDATE)
 RRD_PREFIX = b"rrd/"
 NODEIP_KEY = b"nodeip"
 RRD_VALUE_MAX = 4096  # rrd values: 1..4095 bytes, NUL-terminated
@@ -101,7 +104,12 @@ def _c_string(value: bytes, limit: int) -> str | None:
     """A NUL-terminated value of 1..limit-1 bytes as text (up to its first NUL), else None."""
     if not 0 < len(value) < limit or value[-1] != 0:
         return None
-    return value.split(b"\x00", 1)[0].decode("utf-8", "replace")
+    return c_str(value).decode("utf-8", "replace")
+
+
+def status_key(key: bytes) -> bytes:
+    """A key as C keeps it: up to its first NUL, at most 255 bytes."""
+    return c_str(key)[:KEY_MAX]
 
 
 @dataclass
@@ -159,12 +167,24 @@ class ClusterStatus:
 
     # ------------------------------------------------------------------ key-values (§2.5)
 
+    def set_status(self, key: bytes, value: bytes) -> int:
+        """set_status steps 1-2 on this node (the IPC SET_STATUS, before any multicast): 0,
+        -EFBIG (larger than 32 KiB: nothing stored) or -ENOMEM (an invalid rrd/nodeip value)."""
+        if len(value) > MAX_STATUS_SIZE:
+            return -errno.EFBIG
+        return 0 if self.set_local(status_key(key), value) else -errno.ENOMEM
+
     def set_local(self, key: bytes, value: bytes) -> bool:
         """set_status step 2 for this node; False = an invalid rrd/nodeip value (-ENOMEM)."""
         return self._store(key, value, self.nodename, lambda: self.kv)
 
     def set_remote(self, nodeid: int, key: bytes, value: bytes) -> bool:
-        """A KVSTORE_UPDATE from `nodeid`; dropped (False) if it is not in the nodelist."""
+        """A KVSTORE_UPDATE from `nodeid`; dropped (False) if its value is larger than any
+        set_status accepts or the node is not in the nodelist."""
+        if len(value) > MAX_STATUS_SIZE:
+            log.error("status update %r from node %d too large (%d bytes) - ignored",
+                      key, nodeid, len(value))  # fmt: skip
+            return False
         node = self.nodes.get(nodeid)
         if node is None:
             log.debug("dropping status update %r from node %d (not in the nodelist)", key, nodeid)

@@ -44,12 +44,19 @@ from tests.cluster.harness import (
     Node,
     reap_stale_clusters,
 )
+from tests.shared import SHARED
 
 MOUNT = "/etc/pve"
 DB_DIR = "/var/lib/pve-cluster"
 RUN_DIR = "/run/pve-cluster"
 RRD_DIR = "/run/rrdcached/db"
 COROSYNC_CONF = "/etc/corosync/corosync.conf"
+#: env var naming the reference (C) daemon binary; default ../shared/reference/pmxcfs
+REFERENCE_ENV = "PMXCFS_REFERENCE"
+#: the reference writes RRD files here (no path option): private on its nodes
+REFERENCE_PRIVATE_DIRS: tuple[str, ...] = ("/var/lib/rrdcached",)
+#: the reference often aborts or hangs at SIGTERM (README): SIGKILL after this long
+REFERENCE_STOP_TIMEOUT = 8.0
 #: root entries that are not tree entries (generated files, symlinks)
 FIXED_ROOT = frozenset(
     {".version", ".members", ".vmlist", ".rrd", ".clusterlog", ".debug",
@@ -245,7 +252,9 @@ def hostile_agent_main() -> None:
     """
     import trio
 
-    from cpg import PVE_DCDB_GROUP, CorosyncError, Cpg, CpgConfchg, CpgDeliver
+    from cpg import CorosyncError, Cpg, CpgConfchg, CpgDeliver
+    from pmxcfs.dcdb.codec import GROUP as PVE_DCDB_GROUP
+    from pmxcfs.dcdb.codec import PROTOCOL_VERSION as DCDB_PROTOCOL_VERSION
     from pmxcfs.dfsm import codec
     from pmxcfs.tree import Tree
 
@@ -267,7 +276,7 @@ def hostile_agent_main() -> None:
                 emit(ev="own", len=len(data), head=data[:32].hex())
             try:
                 mtype, _sub, version, _t = codec.peek_header(data)
-                if version != codec.DCDB_PROTOCOL_VERSION or len(data) < codec.STATE_SIZE:
+                if version != DCDB_PROTOCOL_VERSION or len(data) < codec.STATE_SIZE:
                     return
                 msg = codec.decode(data)
             except codec.WireError:
@@ -345,15 +354,25 @@ class FsError(AssertionError):
     """An fs agent command failed unexpectedly."""
 
 
-class PveNode:
-    """One node of a :class:`PveCluster`: harness node, our daemon, the fs agent."""
+def reference_binary() -> Path:
+    """The C daemon to run on reference nodes: $PMXCFS_REFERENCE or ../shared/reference."""
+    env = os.environ.get(REFERENCE_ENV)
+    return Path(env) if env else SHARED / "reference" / "pmxcfs"
 
-    def __init__(self, pc: PveCluster, node: Node) -> None:
+
+class PveNode:
+    """One node of a :class:`PveCluster`: harness node, its daemon (ours, or the reference
+    C binary when *is_reference*), the fs agent."""
+
+    def __init__(self, pc: PveCluster, node: Node, is_reference: bool = False) -> None:
         self.pc = pc
         self.node = node
         self.name = node.name
+        self.is_reference = is_reference
         self.daemon: subprocess.Popen[bytes] | None = None
         self.daemon_local = False
+        #: more options for our daemon (e.g. ``--verify-interval``); the reference has none
+        self.extra_args: list[str] = []
         self.agent: JsonProc | None = None
         self._next_id = 1
         self.log_path = node.tmpdir / "pmxcfs.log"
@@ -378,7 +397,15 @@ class PveNode:
             raise HarnessError(f"{self.name}: no daemon")
         return self.daemon.pid
 
+    @property
+    def kind(self) -> str:
+        return "reference" if self.is_reference else "ours"
+
     def daemon_argv(self, local: bool = False) -> list[str]:
+        if self.is_reference:
+            # no path options: /etc/pve, /var/lib/pve-cluster, /run/pve-cluster and the
+            # host corosync.conf are the node's private copies (harness bind mounts)
+            return [str(reference_binary()), "-f", *(["-l"] if local else [])]
         argv = [sys.executable, "-m", "pmxcfs", "-f"]
         if local:
             argv.append("-l")
@@ -388,6 +415,7 @@ class PveNode:
             "--pid-file", f"{RUN_DIR}/pmxcfs.pid", "--corosync-conf", COROSYNC_CONF,
             "--nodename", self.name, "--node-ip", self.node.addr,
             "--rrd-dir", RRD_DIR,  # private (under /run), never the host's RRD files
+            *self.extra_args,
         ]  # fmt: skip
 
     def mounted(self) -> bool:
@@ -404,11 +432,17 @@ class PveNode:
         """Start the daemon (foreground) and wait until it answers on /etc/pve."""
         if self.daemon_running:
             raise HarnessError(f"{self.name}: daemon already running")
+        if self.is_reference and self.mounted():
+            # a killed (or aborted) reference leaves its dead FUSE mount; it cannot mount
+            # over it, unlike ours
+            self.node.run(["umount", "-l", MOUNT], check=False, timeout=30)
         with open(self.log_path, "ab") as logf:
-            logf.write(f"\n===== start local={local} at {time.time():.3f}\n".encode())
+            logf.write(f"\n===== start {self.kind} local={local} at {time.time():.3f}\n".encode())
             logf.flush()
+            # the reference runs in the node's tmpdir: a core file of a crash stays there
+            cwd = self.node.tmpdir if self.is_reference else REPO_ROOT
             self.daemon = self.node.popen(
-                self.daemon_argv(local), cwd=str(REPO_ROOT), stdout=logf, stderr=subprocess.STDOUT
+                self.daemon_argv(local), cwd=str(cwd), stdout=logf, stderr=subprocess.STDOUT
             )
         self.daemon_local = local
         deadline = time.monotonic() + timeout
@@ -424,10 +458,15 @@ class PveNode:
             time.sleep(0.05)
 
     def stop_daemon(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM and reap; SIGKILL if it does not exit.  Returns the exit status."""
+        """SIGTERM and reap; SIGKILL if it does not exit.  Returns the exit status.
+
+        The reference often aborts (-SIGABRT) or hangs at SIGTERM: it gets at most
+        :data:`REFERENCE_STOP_TIMEOUT`, and either outcome counts as stopped."""
         p = self.daemon
         if p is None:
             return None
+        if self.is_reference:
+            timeout = min(timeout, REFERENCE_STOP_TIMEOUT)
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
             try:
@@ -453,7 +492,7 @@ class PveNode:
             lines = self.log_path.read_text(errors="replace").splitlines()[-n:]
         except OSError:
             lines = ["(no log)"]
-        return f"--- {self.name} pmxcfs.log ---\n" + "\n".join(lines)
+        return f"--- {self.name} ({self.kind}) pmxcfs.log ---\n" + "\n".join(lines)
 
     def log_text(self) -> str:
         try:
@@ -537,17 +576,37 @@ class PveNode:
 
 
 class PveCluster:
-    """N corosync nodes, each running our daemon in cluster mode.  Context manager."""
+    """N corosync nodes, each running a daemon in cluster mode.  Context manager.
 
-    def __init__(self, n: int = 3, *, ready_timeout: float = 90.0, **cluster_kw: Any) -> None:
+    Nodes whose nodeid is in *reference* run the reference C daemon
+    (:func:`reference_binary`), the others ours: a mixed cluster.
+    """
+
+    def __init__(
+        self,
+        n: int = 3,
+        *,
+        reference: frozenset[int] = frozenset(),
+        ready_timeout: float = 90.0,
+        **cluster_kw: Any,
+    ) -> None:
+        reference = frozenset(reference)
+        if not reference <= set(range(1, n + 1)):
+            raise ValueError(f"reference nodeids {sorted(reference)} not in 1..{n}")
+        if reference and not os.access(reference_binary(), os.X_OK):
+            raise HarnessError(
+                f"reference daemon {reference_binary()} is missing (set {REFERENCE_ENV})"
+            )
         reap_stale_clusters()
+        extra = REFERENCE_PRIVATE_DIRS if reference else ()
         self.cluster = Cluster(
-            n, private_dirs=DEFAULT_PRIVATE_DIRS + PVE_PRIVATE_DIRS, **cluster_kw
+            n, private_dirs=DEFAULT_PRIVATE_DIRS + PVE_PRIVATE_DIRS + extra, **cluster_kw
         )
+        self.reference = reference
         self.nodes: list[PveNode] = []
         self._torn_down = False
         try:
-            self.nodes = [PveNode(self, nd) for nd in self.cluster]
+            self.nodes = [PveNode(self, nd, nd.nodeid in reference) for nd in self.cluster]
             # One corosync.conf for every node (the harness makes per-node logfile paths):
             # the fresh databases then import the same bytes and no node's copy is "lost".
             conf = self.cluster[1].host_path(COROSYNC_CONF).read_bytes()

@@ -1,6 +1,7 @@
-"""Payloads of the `pve_kvstore_v1` group (status-ipc §2.3, §3.1, §3.3), decode/encode only.
+"""The `pve_kvstore_v1` group on the wire: its name, protocol version and payloads
+(status-ipc §2.1, §2.3, §3.1, §3.3), decode/encode only.
 
-The status layer owns what these mean; this module exists so that both groups' captures can be
+The status layer owns what these mean; this module exists so that the group's captures can be
 checked at the byte level and so that a receiver never indexes past a hostile buffer.
 """
 
@@ -11,7 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 
-from .codec import WireError
+from ..cstr import c_str
+from ..dfsm.codec import WireError
+
+GROUP = b"pve_kvstore_v1\x00"  # joined with length 15: the NUL is part of the name
+PROTOCOL_VERSION = 0
 
 KEY_FIELD = 256
 LOG_HEADER = struct.Struct("<IIIIQQIBBBBI")  # 44 bytes; strings start here
@@ -35,7 +40,7 @@ class KvUpdate:
 
     @property
     def key(self) -> bytes:
-        return self.key_field[: self.key_field.index(b"\x00")]
+        return c_str(self.key_field)
 
     @classmethod
     def make(cls, key: bytes, value: bytes) -> KvUpdate:
