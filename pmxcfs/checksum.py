@@ -1,14 +1,37 @@
-"""The reference's SHA-256 digests and the state index (wire-protocol §6.1, §6.9)."""
+"""The reference's SHA-256 digests and the state index (wire-protocol §6.1, §6.9).
+
+Over anything shaped like a tree entry (`Digestible`): the tree uses these digests, so this
+module must not know the tree."""
 
 from __future__ import annotations
 
 import hashlib
 import struct
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .tree import Entry
+
+class Digestible(Protocol):
+    """The fields of a tree entry the digests cover."""
+
+    @property
+    def inode(self) -> int: ...
+    @property
+    def parent(self) -> int: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def writer(self) -> int: ...
+    @property
+    def mtime(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def type(self) -> int: ...
+    @property
+    def name_bytes(self) -> bytes: ...
+    @property
+    def data(self) -> bytes: ...
 
 _DIGEST_FIELDS = struct.Struct("<QIIIBQ")
 _LOCK_FIELDS = struct.Struct("<QQIIIBQ")
@@ -28,13 +51,13 @@ class Hollow(bytes):
     __slots__ = ()
 
 
-def _payload(e: Entry) -> bytes:
+def _payload(e: Digestible) -> bytes:
     if e.type != 8 or not e.data or isinstance(e.data, Hollow):
         return b""
     return e.data
 
 
-def entry_digest(e: Entry) -> bytes:
+def entry_digest(e: Digestible) -> bytes:
     """Digest A: index record digest (no inode)."""
     h = hashlib.sha256(_DIGEST_FIELDS.pack(e.version, e.writer, e.mtime, e.size, e.type, e.parent))
     h.update(e.name_bytes)
@@ -42,7 +65,7 @@ def entry_digest(e: Entry) -> bytes:
     return h.digest()
 
 
-def lock_input(e: Entry) -> bytes:
+def lock_input(e: Digestible) -> bytes:
     return (
         _LOCK_FIELDS.pack(e.inode, e.version, e.writer, e.mtime, e.size, e.type, e.parent)
         + e.name_bytes
@@ -50,12 +73,12 @@ def lock_input(e: Entry) -> bytes:
     )
 
 
-def lock_checksum(e: Entry) -> bytes:
+def lock_checksum(e: Digestible) -> bytes:
     """Digest B: identity of a lock directory."""
     return hashlib.sha256(lock_input(e)).digest()
 
 
-def verify_checksum(entries: Iterable[Entry]) -> bytes:
+def verify_checksum(entries: Iterable[Digestible]) -> bytes:
     """Digest C: one SHA-256 over every entry's B input in ascending inode order."""
     h = hashlib.sha256()
     for e in sorted(entries, key=lambda x: x.inode):
@@ -63,7 +86,7 @@ def verify_checksum(entries: Iterable[Entry]) -> bytes:
     return h.digest()
 
 
-def encode_index(version: int, writer: int, mtime: int, entries: Iterable[Entry]) -> bytes:
+def encode_index(version: int, writer: int, mtime: int, entries: Iterable[Digestible]) -> bytes:
     """The STATE payload: header plus (inode, digest A) sorted by inode, root included."""
     ordered = sorted(entries, key=lambda x: x.inode)
     count = len(ordered)
