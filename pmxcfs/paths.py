@@ -1,4 +1,9 @@
-"""Pure helpers for memdb paths: splitting, privacy, VM configs, locks (spec §3.3, §5, §6, §7)."""
+"""Pure rules over memdb paths: splitting and normalizing, which paths are private, VM configs,
+openvz script names and locks (spec §3.3, §5, §6, §7).
+
+They classify paths and nothing more; what a class means for modes and chmod is owned by
+:mod:`pmxcfs.permissions`, and who may read a private path over IPC by :mod:`pmxcfs.ipc.ops`.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ _VMID_CONF = re.compile(r"([1-9][0-9]*)\.conf\Z")
 _OPENVZ_SCRIPT = re.compile(
     r"(?:vps|[1-9][0-9]*)\.(?:mount|umount|start|stop|premount|postumount)\Z"
 )
+# components, empty ones ignored: "priv" first, or "nodes", any one, "priv"
+_PRIVATE = re.compile(r"/*(?:priv|nodes/+[^/]+/+priv)(?:/|\Z)")
 _MAX_VMID = 0xFFFFFFFF
 _LOCK_PREFIX = LOCK_DIR + "/"
 
@@ -41,13 +48,10 @@ def normalize(path: str) -> str:
 
 
 def is_private(path: str) -> bool:
-    """priv/... and nodes/<x>/priv/..., matched per component."""
-    parts = components(path)
-    if not parts:
-        return False
-    if parts[0] == "priv":
-        return True
-    return len(parts) >= 3 and parts[0] == "nodes" and parts[2] == "priv"
+    """priv/... and nodes/<x>/priv/..., matched per component: the one privacy rule, for the
+    modes the filesystem shows and for what IPC hands to read-only clients. (One regex: it
+    runs for every attribute the filesystem makes.)"""
+    return _PRIVATE.match(path) is not None
 
 
 def is_ldh(name: str) -> bool:

@@ -6,27 +6,18 @@ import stat
 from datetime import UTC, datetime
 from typing import Any
 
-from .. import paths
+from .. import paths, permissions
 from ..tree import Entry, Tree
 from .errors import EXIT_PROBLEMS, AdminError
 
 
-def fuse_mode(path: str, e: Entry) -> int:
-    """The mode the mounted filesystem shows for this entry when quorate (spec §4.3)."""
-    private = paths.is_private(path)
-    if e.is_dir:
-        return stat.S_IFDIR | (0o700 if private else 0o755)
-    if paths.is_openvz_script(e.name):
-        return stat.S_IFREG | (0o700 if private else 0o740)
-    return stat.S_IFREG | (0o600 if private else 0o640)
-
-
 def entry_info(path: str, e: Entry) -> dict[str, Any]:
+    """`mode` is what the mounted filesystem shows for the entry when quorate (spec §4.3)."""
     return {
         "path": path,
         "name": e.name or "/",
         "type": "dir" if e.is_dir else "file",
-        "mode": stat.filemode(fuse_mode(path, e)),
+        "mode": stat.filemode(permissions.entry_mode(path, e.is_dir, quorate=True)),
         "size": e.size,
         "inode": e.inode,
         "version": e.version,
@@ -49,17 +40,20 @@ def list_entries(tree: Tree, path: str = "", recursive: bool = False) -> list[di
     if not e.is_dir:
         return [entry_info(norm, e)]
     out: list[dict[str, Any]] = []
-    _list_dir(norm + "/" if norm else "", e, recursive, out)
+    _list_dir(tree, norm + "/" if norm else "", e, recursive, out)
     return out
 
 
-def _list_dir(prefix: str, d: Entry, recursive: bool, out: list[dict[str, Any]]) -> None:
+def _list_dir(
+    tree: Tree, prefix: str, d: Entry, recursive: bool, out: list[dict[str, Any]]
+) -> None:
     """Sorted by name, each directory directly followed by its contents when recursive."""
-    assert d.children is not None
-    for name, child in sorted(d.children.items()):
+    children = tree.children_of(d)
+    assert children is not None
+    for name, child in sorted(children):
         out.append(entry_info(prefix + name, child))
         if recursive and child.is_dir:
-            _list_dir(prefix + name + "/", child, recursive, out)
+            _list_dir(tree, prefix + name + "/", child, recursive, out)
 
 
 def long_line(info: dict[str, Any], full_path: bool) -> str:
@@ -74,4 +68,4 @@ def read_file(tree: Tree, path: str) -> bytes:
     _, e = _resolve(tree, path)
     if e.is_dir:
         raise AdminError(f"{path}: is a directory", EXIT_PROBLEMS)
-    return e.data
+    return tree.read(e, 0, e.size)

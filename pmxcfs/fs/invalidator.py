@@ -25,18 +25,13 @@ import trio
 
 from ..origin import local_request
 from ..tree import Change, Entry, Op, Tree
+from .inodes import ROOT, to_fuse
 
 log = logging.getLogger("pmxcfs.fs")
 
 
 # ("inode", fuse_ino, attr_only) or ("entry", parent_fuse_ino, name, deleted_fuse_ino)
 Job = tuple[str, int, bytes | bool, int]
-
-ROOT_INO = pyfuse3.ROOT_INODE
-
-
-def fuse_ino(tree_inode: int) -> int:
-    return tree_inode + 1
 
 
 class Invalidator:
@@ -45,7 +40,7 @@ class Invalidator:
         self.active = False
         self.fixed_inodes: list[int] = []  # the root's symlinks and generated files
         #: fuse inode -> lookups the kernel may still hold (root: always held)
-        self.refs: dict[int, int] = {ROOT_INO: 1}
+        self.refs: dict[int, int] = {ROOT: 1}
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -62,7 +57,7 @@ class Invalidator:
         refs[ino] = refs.get(ino, 0) + 1
 
     def forget(self, ino: int, nlookup: int) -> None:
-        if ino == ROOT_INO:
+        if ino == ROOT:
             return
         n = self.refs.get(ino, 0) - nlookup
         if n > 0:
@@ -81,9 +76,9 @@ class Invalidator:
             self._reload(change.old_index or {})
             return
         refs = self.refs
-        parent = change.parent + 1
+        parent = to_fuse(change.parent)
         if op is Op.WRITE or op is Op.MTIME:
-            ino = change.inode + 1
+            ino = to_fuse(change.inode)
             if ino in refs:
                 self._put(("inode", ino, op is Op.MTIME, 0))
         elif op is Op.MKDIR or op is Op.CREATE:
@@ -91,42 +86,41 @@ class Invalidator:
                 self._put(("entry", parent, change.name.encode("utf-8", "surrogateescape"), 0))
         elif op is Op.DELETE:
             if parent in refs:
-                ino = change.inode + 1
+                ino = to_fuse(change.inode)
                 name = change.name.encode("utf-8", "surrogateescape")
                 self._put(("entry", parent, name, ino if ino in refs else 0))
         elif op is Op.RENAME:
             if parent in refs:
                 self._put(("entry", parent, change.name.encode("utf-8", "surrogateescape"), 0))
-            new_parent = fuse_ino(change.new_parent)
+            new_parent = to_fuse(change.new_parent)
             if new_parent in refs:
                 new_name = change.new_name.encode("utf-8", "surrogateescape")
-                replaced = fuse_ino(change.replaced) if change.replaced is not None else 0
+                replaced = to_fuse(change.replaced) if change.replaced is not None else 0
                 self._put(("entry", new_parent, new_name, replaced if replaced in refs else 0))
-            ino = change.inode + 1
+            ino = to_fuse(change.inode)
             if ino in refs:
                 self._put(("inode", ino, True, 0))
 
     def _reload(self, old_index: dict[int, Entry]) -> None:
         """After a resync: forget what moved or vanished, every changed inode, and the
         (negative) entries of names that appeared."""
-        index = self._tree().index
+        tree = self._tree()
+        entry = tree.entry
         refs = self.refs
         for inode, old in old_index.items():
-            new = index.get(inode)
-            if inode and fuse_ino(old.parent) in refs and (
+            new = entry(inode)
+            if inode and to_fuse(old.parent) in refs and (
                 new is None or new.parent != old.parent or new.name != old.name
             ):
-                name = old.name.encode("utf-8", "surrogateescape")
-                self._put(("entry", fuse_ino(old.parent), name, 0))
-            if fuse_ino(inode) in refs and (new is None or new.version != old.version):
-                self._put(("inode", fuse_ino(inode), False, 0))
-        for inode, cur in index.items():
+                self._put(("entry", to_fuse(old.parent), old.name_bytes, 0))
+            if to_fuse(inode) in refs and (new is None or new.version != old.version):
+                self._put(("inode", to_fuse(inode), False, 0))
+        for inode, cur in tree.entries():
             prev = old_index.get(inode)
-            if inode and fuse_ino(cur.parent) in refs and (
+            if inode and to_fuse(cur.parent) in refs and (
                 prev is None or prev.parent != cur.parent or prev.name != cur.name
             ):
-                name = cur.name.encode("utf-8", "surrogateescape")
-                self._put(("entry", fuse_ino(cur.parent), name, 0))
+                self._put(("entry", to_fuse(cur.parent), cur.name_bytes, 0))
 
     def invalidate_all(self, attr_only: bool = False) -> None:
         """After a quorum flip: every mode the kernel holds is wrong."""

@@ -10,6 +10,8 @@ import errno
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..permissions import generated_mode
+
 FIXED_INODE_BASE = 1 << 62
 
 
@@ -69,8 +71,11 @@ class Namespace:
         name: str,
         render: Callable[[], bytes],
         write: Callable[[bytes, int], int] | None = None,
-        mode: int = 0o440,
+        mode: int | None = None,
     ) -> None:
+        """`mode` (permission bits) defaults to the rule for read-only or writable ones."""
+        if mode is None:
+            mode = generated_mode(write is not None)
         self._add(Generated(name, FIXED_INODE_BASE + 16 + len(self.order), mode, render, write))
 
     def is_fixed_name(self, name: str) -> bool:

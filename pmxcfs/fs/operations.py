@@ -1,5 +1,8 @@
 """pyfuse3 Operations: a thin map from FUSE requests to the tree, the fixed entries and the
-backend (spec §4). Inode numbers are the DB inode + 1 (root 1); fixed entries live high.
+backend (spec §4).
+
+The tree is reached only through its queries (`entry`, `child`, `children_of`, `read`,
+`path_of`), inode numbers convert through `inodes`, and every mode comes from `permissions`.
 """
 
 from __future__ import annotations
@@ -13,21 +16,20 @@ from collections.abc import Callable, Sequence
 import pyfuse3
 from pyfuse3 import FUSEError
 
-from .. import paths
+from .. import permissions
 from ..backend import Backend
 from ..constants import BLOCK_SIZE, MAX_FS_SIZE, MAX_INODES, MAX_WRITE, NAME_MAX
 from ..origin import local_request
 from ..tree import Change, Entry, Op, Tree, TreeError
-from .invalidator import Invalidator, fuse_ino
+from .inodes import ROOT, to_fuse, to_tree
+from .invalidator import Invalidator
 from .namespace import Generated, GeneratedError, Namespace, Symlink
 
 log = logging.getLogger("pmxcfs.fs")
 
 CACHE_TIMEOUT = 300.0  # safe because every change the kernel does not make is invalidated
-ROOT = pyfuse3.ROOT_INODE
 FUSE_NAME_MAX = 1024  # what the reference's kernel interface allowed; pmxcfs adds no limit
 _RENAME_FLAGS_UNSUPPORTED = errno.EINVAL
-_ALL_SET = 0xFFFFFFFF
 
 
 def _err(exc: TreeError | GeneratedError) -> FUSEError:
@@ -92,58 +94,37 @@ class Filesystem(pyfuse3.Operations):
 
     def _make_attr(self, e: Entry, q: bool) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
-        path_private = self._private(e)
-        if e.children is not None:
-            mode = stat.S_IFDIR | ((0o777 if q else 0o555) & (0o700 if path_private else 0o755))
+        is_dir = e.is_dir
+        a.st_mode = permissions.entry_mode(self.tree.path_of(e), is_dir, q)
+        if is_dir:
             a.st_nlink = 2
             a.st_size = 0
             a.st_blocks = 0
         else:
-            raw = 0o666 if q else 0o444
-            if paths.is_openvz_script(e.name):
-                raw |= 0o100
-            mode = stat.S_IFREG | (raw & (0o700 if path_private else 0o750))
-            size = len(e.data)
+            size = e.size
             a.st_nlink = 1
             a.st_size = size
             a.st_blocks = (size + BLOCK_SIZE - 1) // BLOCK_SIZE
-        a.st_mode = mode
-        a.st_ino = e.inode + 1
-        a.st_uid = 0
+        a.st_ino = to_fuse(e.inode)
+        a.st_uid = permissions.OWNER_UID
         a.st_gid = self.gid
-        ns = e.mtime * 1_000_000_000
+        ns = e.mtime * 1_000_000_000 if e.inode else 0  # the mount point shows 1970
         a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = ns
         a.st_blksize = BLOCK_SIZE
         a.entry_timeout = a.attr_timeout = CACHE_TIMEOUT
-        if e.inode == 0:
-            a.st_mode = stat.S_IFDIR | 0o755
-            a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = 0
         return a
-
-    def _private(self, e: Entry) -> bool:
-        index = self.tree.index
-        chain: list[str] = []
-        while e.inode != 0:
-            chain.append(e.name)
-            e = index[e.parent]
-        if not chain:
-            return False
-        top = chain[-1]
-        if top == "priv":
-            return True
-        return len(chain) >= 3 and top == "nodes" and chain[-3] == "priv"
 
     def _attr_fixed(
         self, obj: Symlink | Generated, content: bytes | None = None
     ) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = obj.inode
-        a.st_uid = 0
+        a.st_uid = permissions.OWNER_UID
         a.st_gid = self.gid
         a.st_nlink = 1
         a.st_blksize = BLOCK_SIZE
         if isinstance(obj, Symlink):
-            a.st_mode = stat.S_IFLNK | (0o755 if self.quorate() else 0o555)
+            a.st_mode = permissions.symlink_mode(self.quorate())
             a.st_size = 0
             a.entry_timeout = a.attr_timeout = CACHE_TIMEOUT
         else:
@@ -154,11 +135,12 @@ class Filesystem(pyfuse3.Operations):
         return a
 
     def _entry(self, ino: int) -> Entry:
-        e = self.tree.index.get(ino - 1)
+        inode = to_tree(ino)
+        e = self.tree.entry(inode)
         if e is None:
             # Unlinked while open: the handles keep the last version alive (rare path).
             for h in self._handles.values():
-                if h.entry is not None and h.entry.inode == ino - 1:
+                if h.entry is not None and h.entry.inode == inode:
                     return h.entry
             raise FUSEError(errno.ENOENT)
         return e
@@ -175,7 +157,7 @@ class Filesystem(pyfuse3.Operations):
             raise FUSEError(errno.EACCES)
         if parent_ino in self.ns.by_inode:
             raise FUSEError(errno.ENOTDIR)
-        parent = self.tree.index.get(parent_ino - 1)
+        parent = self.tree.entry(to_tree(parent_ino))
         if parent is None:
             raise FUSEError(errno.ENOENT)
         if len(name) > FUSE_NAME_MAX:
@@ -190,7 +172,7 @@ class Filesystem(pyfuse3.Operations):
     def _tree_path(self, ino: int) -> str:
         if ino == ROOT or ino in self.ns.by_inode:
             raise FUSEError(errno.EACCES)
-        e = self.tree.index.get(ino - 1)
+        e = self.tree.entry(to_tree(ino))
         if e is None:  # never resolve a path for an unlinked entry: the name may be reused
             raise FUSEError(errno.ENOENT)
         return self.tree.path_of(e)
@@ -215,18 +197,21 @@ class Filesystem(pyfuse3.Operations):
                 return self._attr_fixed(fixed)
         if len(name) > FUSE_NAME_MAX:
             raise FUSEError(errno.ENAMETOOLONG)
-        parent = self.tree.index.get(parent_inode - 1)
-        if parent is None or parent.children is None:
+        tree = self.tree
+        parent = tree.entry(to_tree(parent_inode))
+        if parent is None:
             raise FUSEError(errno.ENOENT)
         try:
-            child = parent.children.get(name.decode("utf-8"))
+            child = tree.child(parent, name.decode("utf-8"))
         except UnicodeDecodeError:
             child = None
         if child is None:
+            if not parent.is_dir:
+                raise FUSEError(errno.ENOENT)
             # cached by the kernel: PVE tools probe missing files a lot, and every way a
             # name can appear without a local syscall invalidates the parent's entry
             return self._negative
-        self.inval.ref(child.inode + 1)
+        self.inval.ref(to_fuse(child.inode))
         return self._attr_entry(child)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -251,12 +236,13 @@ class Filesystem(pyfuse3.Operations):
         if inode in self.ns.by_inode:
             raise FUSEError(errno.ENOTDIR)
         e = self._entry(inode)
-        if e.children is None:
+        children = self.tree.children_of(e)
+        if children is None:
             raise FUSEError(errno.ENOTDIR)
         listing: list[tuple[bytes, pyfuse3.EntryAttributes]] = []
         dot = self._attr_entry(e)
         listing.append((b".", dot))
-        parent = self.tree.index.get(e.parent) if e.inode else e
+        parent = self.tree.entry(e.parent) if e.inode else e
         listing.append((b"..", self._attr_entry(parent) if parent else dot))
         attr = self._attr_entry
         if inode == ROOT:
@@ -265,7 +251,7 @@ class Filesystem(pyfuse3.Operations):
                 listing.append((obj.name.encode(), self._attr_fixed(obj)))
         else:
             hidden = {}
-        for name, child in e.children.items():
+        for name, child in children:
             bname = name.encode("utf-8", "surrogateescape")
             # A peer may create names the kernel cannot list (it fails the whole readdir).
             if bname not in hidden and len(bname) <= FUSE_NAME_MAX:
@@ -304,7 +290,7 @@ class Filesystem(pyfuse3.Operations):
             self._handles[fh] = _FileHandle(None, fixed, fixed.safe_render())
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         e = self._entry(inode)
-        if e.children is not None:
+        if e.is_dir:
             raise FUSEError(errno.EISDIR)
         if flags & os.O_TRUNC:
             # The kernel hands O_TRUNC to open (atomic_o_trunc); the reference saw a
@@ -332,7 +318,7 @@ class Filesystem(pyfuse3.Operations):
         if e is None:
             raise FUSEError(errno.ENOENT)
         attr = self._attr_entry(e)
-        self.inval.ref(e.inode + 1)
+        self.inval.ref(to_fuse(e.inode))
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = _FileHandle(e, None, b"")
@@ -345,11 +331,12 @@ class Filesystem(pyfuse3.Operations):
         if h.fixed is not None:
             return h.content[off : off + size]
         assert h.entry is not None
-        cur = self.tree.index.get(h.entry.inode)
+        tree = self.tree
+        cur = tree.entry(h.entry.inode)
         if cur is None:
-            return h.entry.data[off : off + size]
+            return tree.read(h.entry, off, size)
         self._paged.add(cur.inode)
-        return cur.data[off : off + size]
+        return tree.read(cur, off, size)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self._handles.get(fh)
@@ -363,7 +350,7 @@ class Filesystem(pyfuse3.Operations):
             except GeneratedError as exc:
                 raise _err(exc) from None
         assert h.entry is not None
-        if h.entry.inode not in self.tree.index:
+        if self.tree.entry(h.entry.inode) is None:
             raise FUSEError(errno.ENOENT)
         path = self.tree.path_of(h.entry)
         token = local_request.set(True)
@@ -389,7 +376,7 @@ class Filesystem(pyfuse3.Operations):
         """A direct write leaves other openers' cached pages stale: drop them before replying."""
         if tree_inode in self._paged:
             self._paged.discard(tree_inode)
-            await self.inval.invalidate_now(fuse_ino(tree_inode))
+            await self.inval.invalidate_now(to_fuse(tree_inode))
 
     async def release(self, fh: int) -> None:
         self._handles.pop(fh, None)
@@ -413,7 +400,7 @@ class Filesystem(pyfuse3.Operations):
         e = self.tree.lookup(path)
         if e is None:
             raise FUSEError(errno.ENOENT)
-        self.inval.ref(e.inode + 1)
+        self.inval.ref(to_fuse(e.inode))
         return self._attr_entry(e)
 
     async def mknod(
@@ -468,9 +455,9 @@ class Filesystem(pyfuse3.Operations):
         if fields.update_mode:
             self._check_chmod(inode, attr.st_mode)
         if fields.update_uid or fields.update_gid:
-            uid = attr.st_uid if fields.update_uid else _ALL_SET
-            gid = attr.st_gid if fields.update_gid else _ALL_SET
-            if uid not in (0, _ALL_SET) or gid not in (self.gid, _ALL_SET):
+            uid = attr.st_uid if fields.update_uid else permissions.UNCHANGED
+            gid = attr.st_gid if fields.update_gid else permissions.UNCHANGED
+            if not permissions.chown_allowed(uid, gid, self.gid):
                 raise FUSEError(errno.EPERM)
         if fields.update_size:
             if fixed is not None:
@@ -480,26 +467,29 @@ class Filesystem(pyfuse3.Operations):
                     raise FUSEError(errno.EIO)
             else:
                 await self._call(self.backend.truncate, self._tree_path(inode), attr.st_size)
-                await self._drop_pages(inode - 1)
+                await self._drop_pages(to_tree(inode))
         if fields.update_mtime and fields.update_atime:
             path = self._tree_path(inode)
             entry = self._entry(inode)
             try:
                 await self._call(self.backend.set_mtime, path, attr.st_mtime_ns // 1_000_000_000)
             except FUSEError:
-                if entry.inode not in self.tree.index:
+                if self.tree.entry(entry.inode) is None:
                     # An unlock request removed the lock: the kernel still has its dentry.
-                    name = entry.name.encode("utf-8", "surrogateescape")
-                    await self.inval.invalidate_entry_now(fuse_ino(entry.parent), name)
+                    name = entry.name_bytes
+                    await self.inval.invalidate_entry_now(to_fuse(entry.parent), name)
                 raise
         return self._attr(inode)
 
     def _check_chmod(self, inode: int, mode: int) -> None:
-        if inode in self.ns.by_inode or inode == ROOT:
-            private = False
+        fixed = self.ns.by_inode.get(inode)
+        if fixed is not None:
+            path = fixed.name
+        elif inode == ROOT:
+            path = ""
         else:
-            private = self._private(self._entry(inode))
-        if (mode & 0o7777) != (0o600 if private else 0o640):
+            path = self.tree.path_of(self._entry(inode))
+        if not permissions.chmod_allowed(path, mode):
             raise FUSEError(errno.EPERM)
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -511,7 +501,7 @@ class Filesystem(pyfuse3.Operations):
         s.f_blocks = blocks
         s.f_bfree = s.f_bavail = max(blocks - used, 0)
         s.f_files = MAX_INODES
-        s.f_ffree = s.f_favail = max(MAX_INODES - len(self.tree.index), 0)
+        s.f_ffree = s.f_favail = max(MAX_INODES - self.tree.entry_count, 0)
         s.f_namemax = NAME_MAX
         return s
 
