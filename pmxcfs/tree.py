@@ -76,6 +76,10 @@ class Change:
     new_name: str = ""
     replaced: int | None = None
     old_index: dict[int, Entry] | None = None  # RELOAD: what the tree was before
+    #: made for a syscall that is waiting for its result (the filesystem's own request,
+    #: or our own cluster message answering it): the kernel learns the result from the
+    #: reply, so its caches need no invalidation
+    local: bool = False
 
 
 class Entry:
@@ -451,7 +455,7 @@ class Tree:
 
     # ------------------------------------------------------------------ operations
 
-    def mkdir(self, path: str, writer: int, mtime: int) -> Entry:
+    def mkdir(self, path: str, writer: int, mtime: int, *, local: bool = False) -> Entry:
         self._check_error()
         parent, base = self._parent_of(path)
         assert parent.children is not None
@@ -467,22 +471,32 @@ class Tree:
         full = paths.normalize(path)
         if paths.is_lock_child(full):
             self.locks.touch(full, checksum.lock_checksum(entry), self.clock())
-        self._notify(Change(Op.MKDIR, full, entry.inode, parent.inode, base))
+        self._notify(Change(Op.MKDIR, full, entry.inode, parent.inode, base, local=local))
         return entry
 
-    def create(self, path: str, writer: int, mtime: int) -> Entry:
-        self._write(path, 0, b"", writer, mtime, truncate=False, create=True)
+    def create(self, path: str, writer: int, mtime: int, *, local: bool = False) -> Entry:
+        self._write(path, 0, b"", writer, mtime, truncate=False, create=True, local=local)
         e = self.lookup(path)
         assert e is not None
         return e
 
     def write(
-        self, path: str, offset: int, data: bytes, writer: int, mtime: int, truncate: bool = False
+        self,
+        path: str,
+        offset: int,
+        data: bytes,
+        writer: int,
+        mtime: int,
+        truncate: bool = False,
+        *,
+        local: bool = False,
     ) -> int:
-        return self._write(path, offset, data, writer, mtime, truncate, create=False)
+        return self._write(path, offset, data, writer, mtime, truncate, False, local)
 
-    def truncate(self, path: str, size: int, writer: int, mtime: int) -> None:
-        self._write(path, size, b"", writer, mtime, truncate=True, create=False)
+    def truncate(
+        self, path: str, size: int, writer: int, mtime: int, *, local: bool = False
+    ) -> None:
+        self._write(path, size, b"", writer, mtime, truncate=True, create=False, local=local)
 
     def _write(
         self,
@@ -493,6 +507,7 @@ class Tree:
         mtime: int,
         truncate: bool,
         create: bool,
+        local: bool = False,
     ) -> int:
         self._check_error()
         n = offset + len(data)
@@ -521,7 +536,7 @@ class Tree:
             self._commit([entry.row()], (), writer, mtime)
             self._add(parent, entry)
             result = 0
-            change = Change(Op.CREATE, full, entry.inode, parent.inode, base)
+            change = Change(Op.CREATE, full, entry.inode, parent.inode, base, local=local)
         else:
             assert existing is not None
             old = existing.data
@@ -557,13 +572,13 @@ class Tree:
             existing.data = new
             self.total_bytes += len(new) - size
             result = len(data)
-            change = Change(Op.WRITE, full, existing.inode, parent.inode, base)
+            change = Change(Op.WRITE, full, existing.inode, parent.inode, base, local=local)
         if cfg is not None:
             self.vmlist.register(cfg)
         self._notify(change)
         return result
 
-    def set_mtime(self, path: str, mtime: int, writer: int) -> None:
+    def set_mtime(self, path: str, mtime: int, writer: int, *, local: bool = False) -> None:
         """utime: the lock rules of §7 apply to direct children of priv/lock."""
         self._check_error()
         parent, base = self._parent_of(path)
@@ -586,9 +601,9 @@ class Tree:
         e.version, e.writer, e.mtime = v, writer, mtime
         if is_lock:
             self.locks.touch(full, checksum.lock_checksum(e), self.clock())
-        self._notify(Change(Op.MTIME, full, e.inode, parent.inode, base))
+        self._notify(Change(Op.MTIME, full, e.inode, parent.inode, base, local=local))
 
-    def delete(self, path: str, writer: int, mtime: int) -> None:
+    def delete(self, path: str, writer: int, mtime: int, *, local: bool = False) -> None:
         self._check_error()
         e = self.lookup(path)
         if e is None:
@@ -607,9 +622,9 @@ class Tree:
         cfg = paths.parse_vm_config(full)
         if cfg is not None:
             self.vmlist.remove(cfg.vmid)
-        self._notify(Change(Op.DELETE, full, e.inode, e.parent, e.name))
+        self._notify(Change(Op.DELETE, full, e.inode, e.parent, e.name, local=local))
 
-    def rename(self, src: str, dst: str, writer: int, mtime: int) -> None:
+    def rename(self, src: str, dst: str, writer: int, mtime: int, *, local: bool = False) -> None:
         self._check_error()
         e = self.lookup(src)
         if e is None:
@@ -684,6 +699,7 @@ class Tree:
                 new_parent=new_parent.inode,
                 new_name=new_name,
                 replaced=target.inode if target is not None else None,
+                local=local,
             )
         )
 

@@ -20,7 +20,6 @@ from ..constants import DT_DIR, DT_REG, VERSION_ROW_NAME
 from ..cstr import c_str
 from ..dfsm.codec import WireError
 from ..dfsm.machine import DeliverOutcome, Member, StateOutcome
-from ..origin import local_request
 from ..tree import Entry, LoadError, Row, Tree, TreeError
 from ..vmlist import VmListError
 from . import codec
@@ -329,11 +328,8 @@ class DcdbApp:
             else:
                 op = codec.decode_fuse(payload)
                 # Our own message answers a syscall that is waiting: no cache to invalidate.
-                token = local_request.set(sender == self.local_member)
-                try:
-                    out = DeliverOutcome(self._apply(sender[0], subtype, mtime, op))
-                finally:
-                    local_request.reset(token)
+                local = sender == self.local_member
+                out = DeliverOutcome(self._apply(sender[0], subtype, mtime, op, local))
         except WireError as exc:
             log.error("dcdb: bad message %d from node %d: %s", subtype, sender[0], exc)
             out = DeliverOutcome(-1, fatal=True)
@@ -351,7 +347,7 @@ class DcdbApp:
             self.observer(sender, count, subtype, out.result)
         return out
 
-    def _apply(self, writer: int, subtype: int, mtime: int, op: FuseOp) -> int:
+    def _apply(self, writer: int, subtype: int, mtime: int, op: FuseOp, local: bool) -> int:
         path = _decode_path(op.path)
         if path is None:
             log.error("dcdb: operation %d without a usable path - rejected", subtype)
@@ -359,21 +355,23 @@ class DcdbApp:
         tree = self.tree
         try:
             if subtype == Subtype.WRITE:
-                return tree.write(path, op.offset, op.data, writer, mtime, truncate=op.flags != 0)
+                return tree.write(
+                    path, op.offset, op.data, writer, mtime, op.flags != 0, local=local
+                )
             if subtype == Subtype.CREATE:
-                tree.create(path, writer, mtime)
+                tree.create(path, writer, mtime, local=local)
             elif subtype == Subtype.MKDIR:
-                tree.mkdir(path, writer, mtime)
+                tree.mkdir(path, writer, mtime, local=local)
             elif subtype == Subtype.DELETE:
-                tree.delete(path, writer, mtime)
+                tree.delete(path, writer, mtime, local=local)
             elif subtype == Subtype.RENAME:
                 to = _decode_path(op.to)
                 if to is None:
                     log.error("dcdb: RENAME without a usable target - rejected")
                     return -errno.EINVAL
-                tree.rename(path, to, writer, mtime)
+                tree.rename(path, to, writer, mtime, local=local)
             elif subtype == Subtype.MTIME:
-                tree.set_mtime(path, op.offset, writer)
+                tree.set_mtime(path, op.offset, writer, local=local)
         except TreeError as exc:
             return -exc.errno
         return 0

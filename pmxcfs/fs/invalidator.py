@@ -23,7 +23,6 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
-from ..origin import local_request
 from ..tree import Change, Entry, Op, Tree
 from .inodes import ROOT, to_fuse
 
@@ -69,7 +68,7 @@ class Invalidator:
 
     def on_change(self, change: Change) -> None:
         """Tree listener: queue what the kernel must forget."""
-        if not self.active or local_request.get():
+        if not self.active or change.local:
             return
         op = change.op
         if op is Op.RELOAD:

@@ -19,7 +19,6 @@ from pyfuse3 import FUSEError
 from .. import permissions
 from ..backend import Backend
 from ..constants import BLOCK_SIZE, MAX_FS_SIZE, MAX_INODES, MAX_WRITE, NAME_MAX
-from ..origin import local_request
 from ..tree import Change, Entry, Op, Tree, TreeError
 from .inodes import ROOT, to_fuse, to_tree
 from .invalidator import Invalidator
@@ -307,13 +306,10 @@ class Filesystem(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         path = self._child_path(parent_inode, name)
-        token = local_request.set(True)
         try:
             await self.backend.create(path)
         except TreeError as exc:
             raise _err(exc) from None
-        finally:
-            local_request.reset(token)
         e = self.tree.lookup(path)
         if e is None:
             raise FUSEError(errno.ENOENT)
@@ -353,7 +349,6 @@ class Filesystem(pyfuse3.Operations):
         if self.tree.entry(h.entry.inode) is None:
             raise FUSEError(errno.ENOENT)
         path = self.tree.path_of(h.entry)
-        token = local_request.set(True)
         done = 0
         try:
             # The reference sees 128 KiB chunks (aligned in the file), each its own version;
@@ -369,8 +364,6 @@ class Filesystem(pyfuse3.Operations):
             if done:
                 return done
             raise _err(exc) from None
-        finally:
-            local_request.reset(token)
 
     async def _drop_pages(self, tree_inode: int) -> None:
         """A direct write leaves other openers' cached pages stale: drop them before replying."""
@@ -384,13 +377,10 @@ class Filesystem(pyfuse3.Operations):
     # ------------------------------------------------------------------ changes
 
     async def _call(self, coro_fn: Callable[..., object], *args: object) -> None:
-        token = local_request.set(True)
         try:
             await coro_fn(*args)  # type: ignore[misc]
         except TreeError as exc:
             raise _err(exc) from None
-        finally:
-            local_request.reset(token)
 
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
