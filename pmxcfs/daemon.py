@@ -121,6 +121,7 @@ class Daemon:
         # final writes (the receiver put the default handlers back when it closed).
         for s in stop:
             signal.signal(s, signal.SIG_IGN)
+        await self.node.shutdown()
         nursery.cancel_scope.cancel()
 
 

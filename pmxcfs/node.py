@@ -127,6 +127,17 @@ class Node:
         except (ImportError, OSError, RuntimeError) as exc:
             log.critical("unable to start IPC server 'pve2' - PVE tools cannot connect: %s", exc)
 
+    async def shutdown(self, timeout: float = 5.0) -> None:
+        """Before the loop stops: no more cache invalidations (one blocked on a directory
+        lock would keep the process from exiting), every caller waiting for the cluster
+        answered, and those answers delivered to the kernel."""
+        self.invalidator.active = False
+        if self.cluster is not None:
+            self.cluster.replication.driver.close()
+        left = await self.fs.settle(timeout)
+        if left:
+            log.error("shutdown: %d requests still waiting for an answer", left)
+
     def close(self) -> None:
         """After the loop ended: the cluster log first (quick, what a restart must find)."""
         self.clog_store.close()

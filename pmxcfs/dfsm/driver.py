@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from .machine import (
+    RESULT_ABORTED,
     Action,
     Dfsm,
     Event,
@@ -57,6 +58,7 @@ class DfsmDriver:
         self.leave_requested = trio.Event()
         self.direct: DirectMcast | None = None
         self._held: list[_Waiter] | None = None  # a batch is open: replies wait here
+        self._closing = False
         self._queued = 0  # handed to the sender task, not yet multicast
 
     # ------------------------------------------------------------------ feeding
@@ -133,6 +135,21 @@ class DfsmDriver:
         self.leave_requested = trio.Event()
         self.feed(Reset())
 
+    def close(self) -> None:
+        """Shutdown: every waiting caller is answered now (EBUSY) and new requests at once.
+
+        A syscall left without an answer when the loop stops would hold its directory lock
+        for good, and a cache invalidation waiting for that lock would keep the process from
+        ever exiting. The message may still be delivered elsewhere (the reference gives up on
+        its waiters the same way)."""
+        self._closing = True
+        waiters = list(self._waiters.values())
+        self._waiters.clear()
+        for w in waiters:
+            w.result = RESULT_ABORTED
+            w.done.set()
+        self.end_batch()
+
     def disconnect(self) -> None:
         """The transport is gone: fail unsent messages and every waiter with EBUSY."""
         self.reset()
@@ -142,6 +159,8 @@ class DfsmDriver:
 
     async def request(self, subtype: int, payload: bytes) -> int:
         """Send and wait for our own delivery's result (no timeout, like the reference)."""
+        if self._closing:
+            return RESULT_ABORTED
         rid = self._next_rid
         self._next_rid += 1
         w = _Waiter()

@@ -162,7 +162,8 @@ class Invalidator:
             job = q.get()
             if job is None:
                 return
-            _apply(job)
+            if self.active:  # shutting down: a blocked notify could never return
+                _apply(job)
             with self._lock:
                 self.sent += 1
                 self._pending -= 1

@@ -14,6 +14,7 @@ import stat
 from collections.abc import Callable, Sequence
 
 import pyfuse3
+import trio
 from pyfuse3 import FUSEError
 
 from .. import permissions
@@ -68,6 +69,7 @@ class Filesystem(pyfuse3.Operations):
         self._dirs: dict[int, list[tuple[bytes, pyfuse3.EntryAttributes]]] = {}
         self._next_fh = 1
         self._paged: set[int] = set()  # tree inodes whose pages the kernel may cache
+        self._waiting = 0  # requests waiting for the backend (the cluster) to answer
         self._attrs: dict[int, tuple[int, bool, pyfuse3.EntryAttributes]] = {}
         self._negative = pyfuse3.EntryAttributes()
         self._negative.st_ino = 0
@@ -306,10 +308,13 @@ class Filesystem(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         path = self._child_path(parent_inode, name)
+        self._waiting += 1
         try:
             await self.backend.create(path)
         except TreeError as exc:
             raise _err(exc) from None
+        finally:
+            self._waiting -= 1
         e = self.tree.lookup(path)
         if e is None:
             raise FUSEError(errno.ENOENT)
@@ -350,6 +355,7 @@ class Filesystem(pyfuse3.Operations):
             raise FUSEError(errno.ENOENT)
         path = self.tree.path_of(h.entry)
         done = 0
+        self._waiting += 1
         try:
             # The reference sees 128 KiB chunks (aligned in the file), each its own version;
             # a chunk past 1 MiB fails and what was written before it is a short write.
@@ -364,6 +370,8 @@ class Filesystem(pyfuse3.Operations):
             if done:
                 return done
             raise _err(exc) from None
+        finally:
+            self._waiting -= 1
 
     async def _drop_pages(self, tree_inode: int) -> None:
         """A direct write leaves other openers' cached pages stale: drop them before replying."""
@@ -377,10 +385,22 @@ class Filesystem(pyfuse3.Operations):
     # ------------------------------------------------------------------ changes
 
     async def _call(self, coro_fn: Callable[..., object], *args: object) -> None:
+        self._waiting += 1
         try:
             await coro_fn(*args)  # type: ignore[misc]
         except TreeError as exc:
             raise _err(exc) from None
+        finally:
+            self._waiting -= 1
+
+    async def settle(self, timeout: float) -> int:
+        """Shutdown: wait (up to *timeout*) until no request waits for the backend; returns
+        how many still do. Each must be answered before the loop stops: an unanswered one
+        holds its directory lock in the kernel for good."""
+        with trio.move_on_after(timeout):
+            while self._waiting:
+                await trio.sleep(0.01)
+        return self._waiting
 
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
