@@ -1,3 +1,0 @@
-"""Test plugins shared by every test module."""
-
-pytest_plugins = ["tests.daemon_harness", "tests.inprocess"]
