@@ -295,7 +295,7 @@ def test_client_survives_corosync_restart(c3: Cluster, agents: Callable[..., Jso
 # --------------------------------------------------- mcast_direct and deliver_handler
 #
 # corosync's IPC is only reachable from inside a node, so these checks run there: the
-# test starts ``python -m tests.test_cpg_cluster CHECK ARG...`` in the node (see the
+# test starts ``python -m tests.cluster.test_cpg_cluster CHECK ARG...`` in the node (see the
 # end of this file), which prints JSON lines and exits 0 when every assertion held.
 
 T = TypeVar("T")
@@ -533,7 +533,7 @@ async def deliver_handler_with_handler(group: str) -> None:
 
 
 def node_argv(check: str, *args: str) -> list[str]:
-    return [sys.executable, "-u", "-m", "tests.test_cpg_cluster", check, *args]
+    return [sys.executable, "-u", "-m", "tests.cluster.test_cpg_cluster", check, *args]
 
 
 def run_in_node(node: Node, check: str, *args: str) -> list[Event]:

@@ -24,8 +24,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.pve_nodes import PveCluster, PveNode, Snapshot
-from tests.polling import wait_until
-from tests.test_cluster_daemon import (
+from tests.cluster.test_cluster_daemon import (
     DIR,
     expect,
     expect_file,
@@ -34,7 +33,8 @@ from tests.test_cluster_daemon import (
     vmlist,
     writable_everywhere,
 )
-from tests.test_ipc_cluster import ipc, name
+from tests.cluster.test_ipc_cluster import ipc, name
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.cluster
 

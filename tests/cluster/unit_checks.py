@@ -1,7 +1,7 @@
 """Binding checks that need a live corosync; run *inside* a test node.
 
 corosync's IPC is reachable only from the node's network and mount namespaces, so
-``tests/test_cpg_unit.py`` runs ``python unit_checks.py NAME`` there via the harness.
+``tests/cluster/test_cpg_unit.py`` runs ``python unit_checks.py NAME`` there via the harness.
 Each check is an async function that raises (assert) on failure; exit status 0 = pass.
 """
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
+from tests.daemon.test_ipc_server import NetnsPmxcfs
 from tests.daemon_harness import PYTHON, REPO
 from tests.polling import wait_until
-from tests.test_ipc_server import NetnsPmxcfs
 
 NOBODY = 65534
 

@@ -19,9 +19,9 @@ import pytest
 
 from pmxcfs.status.clusterlog_store import FILE_NAME, decode_file
 from tests.cluster.pve_nodes import DB_DIR, PveCluster, PveNode
+from tests.cluster.test_ipc_cluster import ipc
+from tests.daemon.test_ipc_server import NetnsPmxcfs
 from tests.polling import wait_until
-from tests.test_ipc_cluster import ipc
-from tests.test_ipc_server import NetnsPmxcfs
 
 START = "starting cluster log"
 

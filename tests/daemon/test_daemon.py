@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests.daemon_harness import PYTHON, REPO, Pmxcfs, is_mounted
-from tests.test_storage import BAD_DATABASES, FIXTURE, MANIFEST, make_bad
+from tests.unit.test_storage import BAD_DATABASES, FIXTURE, MANIFEST, make_bad
 
 
 def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

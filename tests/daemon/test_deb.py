@@ -458,7 +458,7 @@ def build_standin(tmp_path: Path) -> Path:
         "Package: pve-cluster\nVersion: 8.1.0+pmxcfs.standin\nArchitecture: all\n"
         "Maintainer: pmxcfs-py tests <root@localhost>\nSection: admin\nPriority: optional\n"
         "Description: stand-in for Proxmox VE's pve-cluster\n"
-        " Built by tests/test_deb.py; owns /usr/bin/pmxcfs like the real one.\n"
+        " Built by tests/daemon/test_deb.py; owns /usr/bin/pmxcfs like the real one.\n"
     )
     for d in [root, *root.rglob("*")]:
         if d.is_dir():

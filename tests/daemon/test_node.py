@@ -18,8 +18,8 @@ from pmxcfs.dcdb.backend import ClusterBackend
 from pmxcfs.journal import GroupCommit
 from pmxcfs.node import Node, build_node
 from pmxcfs.options import parse
+from tests.daemon.test_ipc_server import NetnsPmxcfs
 from tests.daemon_harness import PYTHON, REPO
-from tests.test_ipc_server import NetnsPmxcfs
 
 CONF = "totem {\n  cluster_name: t\n  config_version: 2\n}\n"
 

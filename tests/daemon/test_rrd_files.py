@@ -28,7 +28,7 @@ from pmxcfs.status.librrd import LibRrd, RrdLibraryError
 from pmxcfs.status.rrdfiles import Refusal, RrdFile, day_start, plan
 from pmxcfs.status.rrdwriter import RrdWriter
 from pmxcfs.status.state import ClusterStatus, NodeInfo
-from tests.test_ipc_server import NetnsPmxcfs, name
+from tests.daemon.test_ipc_server import NetnsPmxcfs, name
 
 NODE_DATA = "93211:c:{ts}:0.15:8:0.0213:0.0011:16651378688:4123504640:8589930496:0:100861726720:9261178880:48237112:3198911"  # noqa: E501
 VM_DATA = "3601:web1:running:0:{ts}:2:0.0127:2147483648:1123819520:34359738368:0:1345213:993212:0:0"

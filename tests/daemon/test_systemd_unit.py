@@ -5,7 +5,7 @@ from __future__ import annotations
 import configparser
 from pathlib import Path
 
-UNIT = Path(__file__).resolve().parent.parent / "systemd" / "pve-cluster.service"
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "pve-cluster.service"
 
 
 def test_unit_matches_reference_directives() -> None:

@@ -19,7 +19,7 @@ import pytest
 from pmxcfs.storage import Database, DatabaseError
 from tests.shared import FIXTURES
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FIXTURE = FIXTURES / "config.db"
 MANIFEST = json.loads((FIXTURES / "config.db.manifest.json").read_text())
 MiB = 1024 * 1024

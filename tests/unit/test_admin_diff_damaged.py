@@ -19,7 +19,7 @@ import apsw
 import pytest
 
 from pmxcfs.admin import diff, salvage
-from tests.test_admin import FIXTURE, admin, sql
+from tests.unit.test_admin import FIXTURE, admin, sql
 
 pytestmark = pytest.mark.skipif(not FIXTURE.exists(), reason="fixture database missing")
 DAMAGED = 8

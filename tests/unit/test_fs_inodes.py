@@ -13,7 +13,7 @@ from pmxcfs.fs import inodes
 from pmxcfs.fs.namespace import FIXED_INODE_BASE, Namespace
 from pmxcfs.tree import Tree
 
-FS_DIR = Path(__file__).resolve().parent.parent / "pmxcfs" / "fs"
+FS_DIR = Path(__file__).resolve().parents[2] / "pmxcfs" / "fs"
 
 
 def test_root_maps_to_fuse_root() -> None:

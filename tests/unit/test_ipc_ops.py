@@ -252,7 +252,7 @@ def test_guest_config_property(state: IpcState) -> None:
     assert run(state, 11, struct.pack("=I", 103) + b"memory\0") == (-errno.ENOENT, b"")
     assert run(state, 11, struct.pack("=I", 100)) == (-errno.EINVAL, b"")
     assert run(state, 11, b"\x64\0") == (-errno.EINVAL, b"")
-    # as the reference answers (tests/test_ipc_reference.py): the last byte ends the name
+    # as the reference answers (tests/daemon/test_ipc_reference.py): the last byte ends the name
     assert prop(100, b"\0") == (0, b"{\n\n}\n")  # an empty name is a name
     assert prop(100, b"lock") == (0, b"{\n\n}\n")  # "loc"
     assert prop(100, b"lockX") == (0, b'{\n"100":{"lock": "backup"}\n}\n')

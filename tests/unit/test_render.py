@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -17,8 +16,9 @@ from pmxcfs.status.render import (
 )
 from pmxcfs.status.state import ClusterStatus, KvStore, NodeInfo
 from pmxcfs.vmlist import VmInfo, VmList
+from tests.shared import SHARED
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
+VECTORS = SHARED / "vectors"
 
 
 def snapshots() -> list[dict[str, str]]:
