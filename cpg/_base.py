@@ -223,28 +223,33 @@ class Service:
         if self._callback_error is None:
             self._callback_error = exc
 
+    def _dispatch_all(self, handle: int) -> int:
+        """One ``*_dispatch(CS_DISPATCH_ALL)``; re-raises what a callback raised."""
+        from ._corosync import lib
+
+        self._busy += 1
+        try:
+            rc = self._lib_dispatch(handle, lib.CS_DISPATCH_ALL)
+        finally:
+            self._busy -= 1
+        self._release_if_pending()
+        err, self._callback_error = self._callback_error, None
+        if err is not None:
+            raise err
+        return rc
+
     async def dispatch_pending(self, *, retry_delay: float = RETRY_DELAY) -> None:
         """Run ``*_dispatch(CS_DISPATCH_ALL)`` once (non-blocking), retrying TRY_AGAIN.
 
         Callbacks run synchronously inside it.  Raises :class:`CorosyncUnavailable` if
         the connection is gone, and re-raises an exception a handler raised.
         """
-        from ._corosync import lib
-
         while True:
             handle = self._h(f"{self._kind}_dispatch")
             if self.before_dispatch is not None:
                 self.before_dispatch()
             try:
-                self._busy += 1
-                try:
-                    rc = self._lib_dispatch(handle, lib.CS_DISPATCH_ALL)
-                finally:
-                    self._busy -= 1
-                self._release_if_pending()
-                err, self._callback_error = self._callback_error, None
-                if err is not None:
-                    raise err
+                rc = self._dispatch_all(handle)
             finally:
                 if self.after_dispatch is not None:
                     self.after_dispatch()
@@ -269,18 +274,7 @@ class Service:
             self._poller_fd = self._fd
         if not poller.poll(0):
             return
-        from ._corosync import lib
-
-        handle = self._h(f"{self._kind}_dispatch")
-        self._busy += 1
-        try:
-            rc = self._lib_dispatch(handle, lib.CS_DISPATCH_ALL)
-        finally:
-            self._busy -= 1
-        self._release_if_pending()
-        err, self._callback_error = self._callback_error, None
-        if err is not None:
-            raise err
+        rc = self._dispatch_all(self._h(f"{self._kind}_dispatch"))
         if rc != CS_OK and rc != CSErrTryAgain.code:
             self._check(rc, f"{self._kind}_dispatch")
 

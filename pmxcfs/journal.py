@@ -37,8 +37,7 @@ class GroupCommit:
         self._deletes: set[int] = set()
         #: stage instead of writing (set around applying a cluster message)
         self.defer = False
-        self.transactions = 0  # written (for tests and benchmarks)
-        self.staged_ops = 0  # operations staged since the start
+        self.transactions = 0  # written since the start (pmxcfs-admin status)
 
     @property
     def staged(self) -> bool:
@@ -47,7 +46,6 @@ class GroupCommit:
     def commit(self, upserts: Sequence[Row], deletes: Sequence[int]) -> None:
         if self.defer:
             self._stage(upserts, deletes)
-            self.staged_ops += 1
             return
         if not self.staged:
             self.store.commit(upserts, deletes)

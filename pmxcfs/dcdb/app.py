@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ from .marker import SyncMarker
 from .writegate import WriteGate
 
 log = logging.getLogger("pmxcfs.dcdb")
+
+LOST_KEPT = 100  # lost entries remembered in memory
 
 ResultObserver = Callable[[Member, int, int, int], None]  # sender, count, subtype, result
 
@@ -131,8 +134,9 @@ class DcdbApp:
         self.clock = clock
         self.observer = observer
         self.ctx: SyncContext | None = None
-        self.lost: list[LostEntry] = []  # every entry lost at a commit, for tests and status
-        self.commits = 0
+        #: the latest entries lost at commits (the files themselves are in lost+found)
+        self.lost: deque[LostEntry] = deque(maxlen=LOST_KEPT)
+        self.commits = 0  # follower commits since the start
 
     # ------------------------------------------------------------------ sync
 

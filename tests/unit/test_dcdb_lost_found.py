@@ -56,7 +56,7 @@ def test_loser_saves_overwritten_and_deleted_entries(
     assert t1.encode_index() == t2.encode_index()
     lost = {e.path: e for e in apps[2].lost}
     assert set(lost) == {"shared.cfg", "only-mine.cfg"}
-    assert apps[1].lost == []
+    assert list(apps[1].lost) == []
     saved = {Path(e.saved_as).read_bytes() for e in lost.values() if e.saved_as}  # type: ignore[arg-type]
     assert saved == {b"mine\n", b"precious\n"}
     for e in lost.values():
@@ -107,7 +107,7 @@ def test_bad_leader_state_leaves_and_keeps_database(tmp_path: Path) -> None:
     assert d.mode == Mode.LEAVE and d.restartable
     assert any(isinstance(a, Leave) for a in acts)
     assert tree.encode_index() == before and not tree.error
-    assert app.lost == [] and not (tmp_path / "lf").exists()
+    assert not app.lost and not (tmp_path / "lf").exists()
     db.close()
     db2, t2 = Database.open(str(tmp_path / "n2.db"))
     assert t2.encode_index() == before
