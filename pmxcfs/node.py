@@ -235,11 +235,12 @@ def build_node(
     else:
         backend = LocalBackend(tree, clock=config.clock)
 
-    invalidator = Invalidator(lambda: tree)
+    namespace = build_namespace(config.nodename, status, tree, clog)
+    invalidator = Invalidator(lambda: tree, list(namespace.by_inode))
     tree.listeners.append(invalidator.on_change)
     status.quorum_listeners.append(lambda q: invalidator.invalidate_all(attr_only=True))
-    namespace = build_namespace(config.nodename, status, tree, clog)
     fs = filesystem(backend, namespace, config.gid, invalidator, lambda: backend.quorate)
+    tree.listeners.append(fs.on_change)
     ipc_state = IpcState(tree, status, clog, cluster.kvstore if cluster is not None else None)
     rrd_writer = start_rrd_writer(config, status)
     return Node(

@@ -18,7 +18,7 @@ import errno
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pyfuse3
 import trio
@@ -34,10 +34,12 @@ Job = tuple[str, int, bytes | bool, int]
 
 
 class Invalidator:
-    def __init__(self, tree_getter: Callable[[], Tree]) -> None:
+    def __init__(
+        self, tree_getter: Callable[[], Tree], fixed_inodes: Sequence[int] = ()
+    ) -> None:
         self._tree = tree_getter
         self.active = False
-        self.fixed_inodes: list[int] = []  # the root's symlinks and generated files
+        self.fixed_inodes = tuple(fixed_inodes)  # the root's symlinks and generated files
         #: fuse inode -> lookups the kernel may still hold (root: always held)
         self.refs: dict[int, int] = {ROOT: 1}
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()

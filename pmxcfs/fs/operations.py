@@ -63,7 +63,6 @@ class Filesystem(pyfuse3.Operations):
         self.ns = namespace
         self.gid = gid
         self.inval = invalidator
-        invalidator.fixed_inodes = list(namespace.by_inode)
         self.quorate = quorate
         self._handles: dict[int, _FileHandle] = {}
         self._dirs: dict[int, list[tuple[bytes, pyfuse3.EntryAttributes]]] = {}
@@ -74,7 +73,6 @@ class Filesystem(pyfuse3.Operations):
         self._negative = pyfuse3.EntryAttributes()
         self._negative.st_ino = 0
         self._negative.entry_timeout = CACHE_TIMEOUT
-        backend.tree.listeners.append(self._on_change)
 
     # ------------------------------------------------------------------ attributes
 
@@ -178,7 +176,7 @@ class Filesystem(pyfuse3.Operations):
             raise FUSEError(errno.ENOENT)
         return self.tree.path_of(e)
 
-    def _on_change(self, change: Change) -> None:
+    def on_change(self, change: Change) -> None:
         if change.op is Op.RELOAD:
             self._attrs.clear()
         elif change.op is Op.DELETE:
