@@ -32,7 +32,7 @@ log = logging.getLogger("pmxcfs.cluster")
 RESTART_DELAY = 5.0
 #: after leaving the group for a resync (C: the same 5 s start job); shorter keeps the group
 #: at full votes, which the write gate needs
-REJOIN_DELAY = 1.0
+REJOIN_DELAY = 0.2
 
 
 @dataclass

@@ -321,8 +321,11 @@ class DcdbApp:
         if not _WRITE <= subtype <= _UNLOCK:
             log.error("dcdb: unknown message subtype %d from node %d", subtype, sender[0])
             return self._observe(sender, count, subtype, DeliverOutcome(-1, fatal=True))
-        if not self.gate.writable:
-            log.error("dcdb: received write while %s - trigger resync", self.gate.reason())
+        # A delivery in a group holding quorum's votes reached (or will reach) every
+        # member of it; see WriteGate.applies.
+        if not self.gate.applies:
+            reason = "the " + self.gate.group_reason() if self.gate.quorate else "not quorate"
+            log.error("dcdb: received write while %s - trigger resync", reason)
             return self._observe(sender, count, subtype, DeliverOutcome(-1, fatal=True))
         tree = self.tree
         try:

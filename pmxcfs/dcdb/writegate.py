@@ -9,8 +9,9 @@ corosync's quorate flag alone is not enough, for two reasons the reference share
   together with a peer whose pmxcfs has left ``pve_dcdb_v1`` is alone in the group, counts as
   synced, and would serve writes that the next sync overwrites.
 
-So a write is accepted, and a delivered one applied, only while corosync is quorate **and** the
-members of the replication group hold the votes corosync needs for quorum. Any two such groups
+So a write is accepted only while corosync is quorate **and** the members of the replication
+group hold the votes corosync needs for quorum; a delivered one is applied while the group
+holds them (the one fact in the same order as the deliveries). Any two such groups
 share a member, and a sync always picks the highest version, so every acknowledged write
 survives every later sync. The group comes from the confchg in the same totem order as the
 deliveries, so each delivery is judged at its place in that order. Sans I/O: the cluster
@@ -66,6 +67,16 @@ class WriteGate:
         return self.group is not None and self.group_votes() >= self.threshold()
 
     @property
+    def applies(self) -> bool:
+        """May a delivered write be applied here? Judged by the group at the delivery's
+        place in the total order; corosync's own flag arrives on another socket and may
+        already speak of a later membership. Without any vote figures yet (before corosync
+        told them), the reference's rule: corosync's flag."""
+        if self.needed > 0 or self.node_votes:
+            return self.group_quorate
+        return self._quorate()
+
+    @property
     def writable(self) -> bool:
         return self._quorate() and self.group_quorate
 
@@ -73,6 +84,9 @@ class WriteGate:
         """Why a write is refused, for the log line."""
         if not self._quorate():
             return "not quorate"
+        return self.group_reason()
+
+    def group_reason(self) -> str:
         return (
             f"replication group holds {self.group_votes()} of the {self.threshold()} votes "
             "needed for quorum"

@@ -45,7 +45,7 @@ class ReplicationOptions:
     sync_marker_path: str | None = None
     verify_interval: float | None = DEFAULT_VERIFY_INTERVAL
     restart_delay: float = 5.0
-    rejoin_delay: float = 1.0
+    rejoin_delay: float = 0.2
 
 
 class ReplicationService:

@@ -208,3 +208,21 @@ async def _backend_refuses() -> None:
     assert exc.value.errno == errno.EACCES and sent == []
     driver.feed(ConfChg(((1, 101), (2, 102)), (), ((2, 102),)))
     assert backend.quorate
+
+
+def test_deliveries_are_judged_by_the_group_not_by_the_unordered_flag() -> None:
+    """corosync's flag can already speak of a later membership (it comes on its own socket):
+    a delivery in a group that holds quorum's votes is applied everywhere in that group, so
+    no member leaves for it (a needless leave leaves a stale peer alone: loss 2 on C peers)."""
+    q = {"v": False}
+    g = WriteGate(lambda: q["v"])
+    assert not g.applies  # no vote figures yet: the reference's rule, the flag
+    q["v"] = True
+    assert g.applies
+    q["v"] = False
+    g.set_votes(2, 0, {1: 1, 2: 1, 3: 1})
+    g.set_group([1, 2])
+    assert g.applies and not g.writable  # applied, but no new write accepted
+    g.set_group([1])
+    q["v"] = True
+    assert not g.applies and not g.writable
