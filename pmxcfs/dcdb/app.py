@@ -263,11 +263,12 @@ class DcdbApp:
     def _save_lost(self, old: Tree, new: Tree, leader: Member) -> None:
         """Every non-root entry changed here alone (above the sync marker) whose content or
         place the leader's state changes, or that disappears."""
-        shared = self.marker.load(old.root.version)
+        shared, own_shared = self.marker.load_both(old.root.version)
+        me = self.local_member[0] if self.local_member is not None else None
         now = self.clock()
         tag = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + f"-v{old.root.version}"
         for inode, e in old.index.items():
-            if inode == 0 or e.version <= shared:
+            if inode == 0 or e.version <= (own_shared if e.writer == me else shared):
                 continue
             ne = new.index.get(inode)
             old_path = old.path_of(e)

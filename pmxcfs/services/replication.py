@@ -37,6 +37,9 @@ from ..tree import Tree
 log = logging.getLogger("pmxcfs.cluster")
 
 MARKER_INTERVAL = 10  # seconds between sync-marker saves while synced
+#: an own write counts as shared once the group stayed unchanged this long after it (far
+#: beyond corosync's token timeout: a ring that lost a member would have reformed)
+OWN_CONFIRM_AFTER = 10.0
 
 
 @dataclass
@@ -98,6 +101,8 @@ class ReplicationService:
         )
         self._flush_due = trio.Event()
         self._shared_version = 0  # see _note_shared
+        self._own_confirmed = 0
+        self._own_pending: list[tuple[float, int]] = []  # (monotonic time, version)
         self._ticks = 0
 
     # ------------------------------------------------------------------ membership
@@ -106,6 +111,8 @@ class ReplicationService:
         self.app.local_member = (self.dfsm.nodeid, self.dfsm.pid)
 
     def _on_confchg(self, chg: ConfChg) -> None:
+        # own writes not yet confirmed stay so: the next sync confirms them if it agrees
+        self._own_pending.clear()
         if self._on_confchg_hook is not None and self.dfsm.we_are_member:
             self._on_confchg_hook(chg)
 
@@ -161,15 +168,34 @@ class ReplicationService:
         """What is on disk, applied while synced in a group that may write, is cluster
         history (remembered here, written to the marker on the timer and at shutdown)."""
         if self.dfsm.mode is Mode.SYNCED and self.gate.writable:
-            self._shared_version = self.tree.root.version
+            v = self.tree.root.version
+            if v == self._shared_version:
+                return
+            self._shared_version = v
+            now = trio.current_time() if _in_trio() else 0.0
+            pending = self._own_pending
+            if pending and now - pending[-1][0] < 0.5:
+                pending[-1] = (now, v)  # coalesced: confirmed with the later one
+            else:
+                pending.append((now, v))
+
+    def _confirm_own(self) -> None:
+        if not _in_trio():
+            return
+        limit = trio.current_time() - OWN_CONFIRM_AFTER
+        pending = self._own_pending
+        while pending and pending[0][0] <= limit:
+            self._own_confirmed = pending.pop(0)[1]
 
     def save_marker(self) -> None:
         """The last version known shared. A node alone in a group without quorum's votes
         also counts as synced, but shares nothing: what it changes then stays above the
         marker (lost+found). Exact at a clean shutdown, at most 10 s behind after a crash."""
         self._note_shared()
+        self._confirm_own()
         if self._shared_version:
-            self.app.marker.save(self._shared_version)
+            own = max(self._own_confirmed, self.app.marker.load_both(self._shared_version)[1])
+            self.app.marker.save(self._shared_version, own)
 
     # ------------------------------------------------------------------ timer
 
@@ -190,3 +216,11 @@ class ReplicationService:
                 task_status.started()
         finally:
             self.save_marker()
+
+
+def _in_trio() -> bool:
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
