@@ -90,7 +90,17 @@ def test_status_through_a_partition(pc: PveCluster) -> None:
     wait_until("node2 and node3 read the write", lambda: all(
         pn.read("admin-status.cfg") == b"hello\n" for pn in (pc[2], pc[3])
     ))  # fmt: skip
-    after = {pn.name: status(pn) for pn in pc}
+    after: dict[str, Any] = {}
+
+    def rated() -> bool:  # rates need a second of samples (a fresh history has none)
+        after.update({pn.name: status(pn) for pn in pc})
+        return all(
+            d["groups"]["dcdb"]["sent"]["rate"] is not None
+            and d["groups"]["dcdb"]["delivered"]["rate"] is not None
+            for d in after.values()
+        )
+
+    wait_until("every node has rates", rated, timeout=10)
     assert after["node1"]["groups"]["dcdb"]["sent"]["count"] > before["node1"]["sent"]["count"]
     for pn in pc:
         dcdb = after[pn.name]["groups"]["dcdb"]
