@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import trio
 
-from .constants import DB_DIR, HOST_COROSYNC_CONF
+from .constants import DB_DIR, HOST_COROSYNC_CONF, REJOIN_DELAY, RESTART_DELAY
 from .dcdb.backend import ClusterBackend
 from .dcdb.writegate import WriteGate
 from .dfsm.machine import DEFAULT_VERIFY_INTERVAL, ConfChg
@@ -29,10 +29,6 @@ from .tree import Tree
 
 log = logging.getLogger("pmxcfs.cluster")
 
-RESTART_DELAY = 5.0
-#: after leaving the group for a resync (C: the same 5 s start job); shorter keeps the group
-#: at full votes, which the write gate needs
-REJOIN_DELAY = 0.2
 
 
 @dataclass

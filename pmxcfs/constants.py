@@ -76,3 +76,9 @@ VERSIONED_PATHS: tuple[str, ...] = (
     "mapping/pci.cfg",
     "mapping/usb.cfg",
 )
+
+#: seconds before a service reconnects after corosync went away (the reference's start job)
+RESTART_DELAY = 5.0
+#: seconds before rejoining a CPG group left for a resync (the reference waits RESTART_DELAY);
+#: shorter keeps the group at full votes, which the write gate needs
+REJOIN_DELAY = 0.2

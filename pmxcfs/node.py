@@ -19,7 +19,13 @@ import trio
 
 from . import log as pmxlog
 from .backend import Backend, LocalBackend, NoQuorumBackend
-from .constants import COROSYNC_CONF, DB_NAME, HOST_COROSYNC_CONF, RESTART_FLAG_NAME
+from .constants import (
+    COROSYNC_CONF,
+    DB_NAME,
+    HOST_COROSYNC_CONF,
+    RESTART_DELAY,
+    RESTART_FLAG_NAME,
+)
 from .dfsm.machine import DEFAULT_VERIFY_INTERVAL
 from .fs.invalidator import Invalidator
 from .fs.namespace import Namespace, debug_writer
@@ -41,7 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pmxcfs.main")
 
-RESTART_DELAY = 5.0
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 
+from ..constants import RESTART_DELAY
 from ..dfsm.driver import DfsmDriver
 from ..dfsm.runner import GroupRunner
 from ..status.clusterlog import ClusterLog
@@ -33,7 +34,7 @@ class KvstoreService:
         nodename: str,
         node_ip: str,
         *,
-        restart_delay: float = 5.0,
+        restart_delay: float = RESTART_DELAY,
     ) -> None:
         if status.nodename != nodename:
             raise ValueError(f"status is for {status.nodename!r}, not {nodename!r}")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import trio
 
-from ..constants import COROSYNC_CONF
+from ..constants import COROSYNC_CONF, RESTART_DELAY
 from ..dcdb.writegate import WriteGate
 from ..status.state import ClusterStatus, NodeInfo
 from ..tree import Change, Op, Tree
@@ -84,7 +84,7 @@ class CorosyncConfMirror:
         own_nodeid: Callable[[], int],
         *,
         cfgtool: tuple[str, ...] = ("corosync-cfgtool", "-R"),
-        restart_delay: float = 5.0,
+        restart_delay: float = RESTART_DELAY,
     ) -> None:
         self.tree = tree
         self.status = status

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ..constants import RESTART_DELAY
 from ..dcdb.writegate import WriteGate
 from ..status.state import ClusterStatus
 
@@ -30,7 +31,7 @@ class QuorumWatcher:
         status: ClusterStatus,
         gate: WriteGate,
         nodeid: Callable[[], int],
-        restart_delay: float = 5.0,
+        restart_delay: float = RESTART_DELAY,
     ) -> None:
         self.status = status
         self.gate = gate

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import trio
 
+from ..constants import REJOIN_DELAY, RESTART_DELAY
 from ..dcdb.app import DcdbApp
 from ..dcdb.backend import ClusterBackend
 from ..dcdb.codec import GROUP, PROTOCOL_VERSION
@@ -47,8 +48,8 @@ class ReplicationOptions:
     lost_found_dir: str | None = None
     sync_marker_path: str | None = None
     verify_interval: float | None = DEFAULT_VERIFY_INTERVAL
-    restart_delay: float = 5.0
-    rejoin_delay: float = 0.2
+    restart_delay: float = RESTART_DELAY
+    rejoin_delay: float = REJOIN_DELAY
 
 
 class ReplicationService:
