@@ -19,6 +19,7 @@ from .constants import WWW_DATA_GROUP as WWW_DATA
 from .control.protocol import SOCKET_NAME as ADMIN_SOCKET
 from .control.server import start_admin
 from .control.snapshot import Sources
+from .fs.deathwatch import DeathWatch
 from .node import Node, NodeConfig, build_node, set_debug
 from .options import Options, parse
 from .runtime import (
@@ -70,6 +71,8 @@ class Daemon:
             pyfuse3.init(node.fs, opts.mount, set(FUSE_OPTIONS))
         except RuntimeError as exc:
             raise StartupError(f"fuse_mount error: {exc}") from exc
+        watch = DeathWatch()
+        watch.start(opts.mount)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._fuse_main, nursery)
@@ -87,6 +90,7 @@ class Daemon:
             create_restart_flag(node.config.restart_flag, node.config.gid)
             log.info("teardown filesystem")
             pyfuse3.close(unmount=True)
+            watch.stop()
         return 0
 
     def _start_admin(self, nursery: trio.Nursery) -> None:

@@ -395,7 +395,15 @@ class FaultRun:
             except HarnessError:
                 self.log(f"writer of {w.pn.name} did not stop; killing it")
             w.stopped_at = time.monotonic()
-            w.proc.close(timeout=2)
+            try:
+                w.proc.close(timeout=2)
+            except subprocess.TimeoutExpired:
+                # unkillable: blocked in a syscall its daemon never answers (a hang, which
+                # the writer analysis reports); the report must still be made
+                self.log(f"writer of {w.pn.name} cannot be ended (blocked in a syscall)")
+                self.rep.problems_other.append(
+                    f"writer of {w.pn.name} ({w.pn.kind}) stuck in a syscall after the schedule"
+                )
         self.log("writers stopped; waiting for the cluster")
         try:
             self.pc.wait_ready(timeout=180)

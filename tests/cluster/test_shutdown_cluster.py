@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster.pve_nodes import PveCluster
+from tests.cluster.pve_nodes import MOUNT, PveCluster
 
 pytestmark = pytest.mark.cluster
 
@@ -53,3 +54,81 @@ def test_sigterm_answers_a_create_waiting_for_the_cluster(pc: PveCluster) -> Non
     n1.daemon = None
     assert not n1.mounted()
     assert "requests still waiting" not in n1.log_text()
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    """True once every thread of *pid* has exited (a zombie left for its parent to reap
+    counts as gone)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            states = []
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    states.append(f.read().rpartition(")")[2].split()[0])
+        except FileNotFoundError:
+            return True
+        if all(s in ("Z", "X") for s in states):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _wait_for_wchan(pid: int, wchan: str, timeout: float) -> bool:
+    """Wait until a thread of *pid* sleeps in kernel function *wchan*."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/wchan") as f:
+                    if f.read().strip() == wchan:
+                        return True
+            except OSError:
+                pass
+        time.sleep(0.002)
+    return False
+
+
+def test_sigkill_never_leaves_the_daemon_stuck_in_the_kernel() -> None:
+    """SIGKILL while peers' creates invalidate a directory in which our own creates wait.
+
+    The invalidation thread then waits in the kernel for that directory's lock, held by a
+    create only the (now dead) daemon could answer: without the death watch the process
+    never exits and the caller hangs (seen by the fault schedules). Each kill must let the
+    process go at once and answer the caller."""
+    with PveCluster(3) as pc:
+        n1, n2 = pc[1], pc[2]
+        n1.ok("mkdir", path="d")
+        pc.wait_converged()
+        # the peer's creates, from a process of their own (the node's agent stays free)
+        load = pc.cluster[2].popen(
+            ["sh", "-c", 'i=0; while :; do i=$((i+1)); echo x > "$1/d/p$i" || sleep 0.1; done',
+             "sh", MOUNT],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        caught = 0
+        try:
+            for k in range(6):
+                w = n1.send("burst", prefix=f"d/k{k}_", count=100000, tag="own")
+                daemon = n1.daemon
+                assert daemon is not None
+                # kill while the invalidation thread waits in the kernel (the window)
+                caught += _wait_for_wchan(daemon.pid, "fuse_reverse_inval_entry", 5.0)
+                daemon.kill()
+                stuck = not _gone(daemon.pid, 5.0)
+                assert not stuck, (
+                    f"kill {k}: daemon pid {daemon.pid} did not exit after SIGKILL\n"
+                    + n1.log_tail()
+                )
+                daemon.wait(5)
+                n1.daemon = None
+                res = n1.result(w, timeout=10)  # the caller got its answer
+                assert not res["ok"], res
+                n1.start_daemon(timeout=60)
+                pc.wait_ready(timeout=90)
+        finally:
+            load.kill()
+            load.wait(10)
+        assert n2.daemon is not None and n2.daemon.poll() is None, n2.log_tail()
+        # the scenario must have been met, or this test proves nothing
+        assert caught, "no kill found the invalidation thread waiting in the kernel"
