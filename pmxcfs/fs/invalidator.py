@@ -18,7 +18,8 @@ import errno
 import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 
 import pyfuse3
 import trio
@@ -41,7 +42,7 @@ class Invalidator:
         self.active = False
         self.fixed_inodes = tuple(fixed_inodes)  # the root's symlinks and generated files
         #: fuse inode -> lookups the kernel may still hold (root: always held)
-        self.refs: dict[int, int] = {ROOT: 1}
+        self.refs: Counter[int] = Counter({ROOT: 1})
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -56,6 +57,10 @@ class Invalidator:
         """A reply handed `ino` to the kernel (lookup, create, mkdir, readdirplus)."""
         refs = self.refs
         refs[ino] = refs.get(ino, 0) + 1
+
+    def ref_many(self, inos: Iterable[int]) -> None:
+        """One reference each (a readdirplus reply): counted in C, not per entry in Python."""
+        self.refs.update(inos)
 
     def forget(self, ino: int, nlookup: int) -> None:
         if ino == ROOT:

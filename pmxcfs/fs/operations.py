@@ -45,6 +45,19 @@ class _FileHandle:
         self.content = content
 
 
+class _Listing:
+    """A directory's readdirplus entries as opendir saw them, and the inode of each (for the
+    kernel references a reply hands out). Never changed once built: an open handle keeps
+    its snapshot, and a change to the directory makes the next opendir build a new one."""
+
+    __slots__ = ("entries", "inos", "quorate")
+
+    def __init__(self, entries: list[tuple[bytes, pyfuse3.EntryAttributes]], quorate: bool) -> None:
+        self.entries = entries
+        self.inos = [a.st_ino for _, a in entries]
+        self.quorate = quorate
+
+
 class Filesystem(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
@@ -65,9 +78,12 @@ class Filesystem(pyfuse3.Operations):
         self.inval = invalidator
         self.quorate = quorate
         self._handles: dict[int, _FileHandle] = {}
-        self._dirs: dict[int, list[tuple[bytes, pyfuse3.EntryAttributes]]] = {}
+        self._dirs: dict[int, _Listing] = {}  # open directory handles
+        #: tree inode -> its listing, while nothing in the directory changed (see on_change)
+        self._listings: dict[int, _Listing] = {}
         self._next_fh = 1
-        self._paged: set[int] = set()  # tree inodes whose pages the kernel may cache
+        #: tree inode -> the version whose pages the kernel may cache (-1: pages of several)
+        self._paged: dict[int, int] = {}
         self._waiting = 0  # requests waiting for the backend (the cluster) to answer
         self._attrs: dict[int, tuple[int, bool, pyfuse3.EntryAttributes]] = {}
         self._negative = pyfuse3.EntryAttributes()
@@ -152,6 +168,10 @@ class Filesystem(pyfuse3.Operations):
 
     def _child_path(self, parent_ino: int, name: bytes) -> str:
         """The memdb path of parent/name; the root and fixed names are not tree paths."""
+        return self._child(parent_ino, name)[2]
+
+    def _child(self, parent_ino: int, name: bytes) -> tuple[Entry, str, str]:
+        """The parent entry, the name as text and the memdb path of parent/name."""
         if parent_ino == ROOT and name in self.ns.by_name:
             raise FUSEError(errno.EACCES)
         if parent_ino in self.ns.by_inode:
@@ -166,7 +186,7 @@ class Filesystem(pyfuse3.Operations):
         except UnicodeDecodeError:
             raise FUSEError(errno.EINVAL) from None
         base = self.tree.path_of(parent)
-        return f"{base}/{text}" if base else text
+        return parent, text, f"{base}/{text}" if base else text
 
     def _tree_path(self, ino: int) -> str:
         if ino == ROOT or ino in self.ns.by_inode:
@@ -177,11 +197,22 @@ class Filesystem(pyfuse3.Operations):
         return self.tree.path_of(e)
 
     def on_change(self, change: Change) -> None:
-        if change.op is Op.RELOAD:
+        op = change.op
+        if op is Op.RELOAD:
             self._attrs.clear()
-        elif change.op is Op.DELETE:
+            self._listings.clear()
+            return
+        listings = self._listings
+        if listings:
+            # the directory's names or a child's attributes (a write changes its size), and
+            # the entry itself when it is a directory (its '.' and, moved, its '..')
+            listings.pop(change.parent, None)
+            listings.pop(change.inode, None)
+            if op is Op.RENAME:
+                listings.pop(change.new_parent, None)
+        if op is Op.DELETE:
             self._attrs.pop(change.inode, None)
-            self._paged.discard(change.inode)
+            self._paged.pop(change.inode, None)
         elif change.replaced is not None:
             self._attrs.pop(change.replaced, None)
 
@@ -235,42 +266,57 @@ class Filesystem(pyfuse3.Operations):
         if inode in self.ns.by_inode:
             raise FUSEError(errno.ENOTDIR)
         e = self._entry(inode)
+        if not e.is_dir:
+            raise FUSEError(errno.ENOTDIR)
+        q = self.quorate()
+        listing = self._listings.get(e.inode)
+        if listing is None or listing.quorate != q:
+            listing = self._build_listing(inode, e, q)
+            # The root shows generated files whose sizes change without a tree change.
+            if inode != ROOT and self.tree.entry(e.inode) is e:
+                self._listings[e.inode] = listing
+        fh = self._next_fh
+        self._next_fh += 1
+        self._dirs[fh] = listing
+        return fh
+
+    def _build_listing(self, inode: int, e: Entry, q: bool) -> _Listing:
         children = self.tree.children_of(e)
         if children is None:
             raise FUSEError(errno.ENOTDIR)
-        listing: list[tuple[bytes, pyfuse3.EntryAttributes]] = []
-        dot = self._attr_entry(e)
-        listing.append((b".", dot))
-        parent = self.tree.entry(e.parent) if e.inode else e
-        listing.append((b"..", self._attr_entry(parent) if parent else dot))
         attr = self._attr_entry
+        dot = attr(e)
+        parent = self.tree.entry(e.parent) if e.inode else e
+        entries = [(b".", dot), (b"..", attr(parent) if parent else dot)]
+        add = entries.append
         if inode == ROOT:
             hidden = self.ns.by_name
             for obj in self.ns.order:
-                listing.append((obj.name.encode(), self._attr_fixed(obj)))
+                add((obj.name.encode(), self._attr_fixed(obj)))
         else:
             hidden = {}
         for name, child in children:
             bname = name.encode("utf-8", "surrogateescape")
             # A peer may create names the kernel cannot list (it fails the whole readdir).
             if bname not in hidden and len(bname) <= FUSE_NAME_MAX:
-                listing.append((bname, attr(child)))
-        fh = self._next_fh
-        self._next_fh += 1
-        self._dirs[fh] = listing
-        return fh
+                add((bname, attr(child)))
+        return _Listing(entries, q)
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         listing = self._dirs.get(fh)
         if listing is None:
             raise FUSEError(errno.EBADF)
-        ref = self.inval.ref
-        for i in range(start_id, len(listing)):
-            name, attr = listing[i]
-            if not pyfuse3.readdir_reply(token, name, attr, i + 1):
-                return
-            if i >= 2:  # readdirplus: every entry but . and .. is a kernel reference
-                ref(attr.st_ino)
+        reply = pyfuse3.readdir_reply
+        i = start_id
+        for name, attr in listing.entries[start_id:]:
+            i += 1
+            if not reply(token, name, attr, i):
+                i -= 1
+                break
+        # readdirplus: every entry handed over but . and .. is a kernel reference
+        first = start_id if start_id > 2 else 2
+        if i > first:
+            self.inval.ref_many(listing.inos[first:i])
 
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
@@ -298,14 +344,20 @@ class Filesystem(pyfuse3.Operations):
         self._handles[fh] = _FileHandle(e, None, b"")
         if flags & os.O_ACCMODE == os.O_RDONLY:
             # Readers share the kernel page cache; writers go direct so that every write
-            # reaches us in the reference's 128 KiB chunks.
-            return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
+            # reaches us in the reference's 128 KiB chunks. Pages of an older version are
+            # dropped by this open itself, without waiting for the invalidation thread to
+            # get to them (a peer's change is visible to the next open at once).
+            cached = self._paged.get(e.inode)
+            if cached is None or cached == e.version:
+                return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
+            del self._paged[e.inode]
+            return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=False)
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        path = self._child_path(parent_inode, name)
+        parent, text, path = self._child(parent_inode, name)
         self._waiting += 1
         try:
             await self.backend.create(path)
@@ -313,7 +365,7 @@ class Filesystem(pyfuse3.Operations):
             raise _err(exc) from None
         finally:
             self._waiting -= 1
-        e = self.tree.lookup(path)
+        e = self.tree.child(parent, text)
         if e is None:
             raise FUSEError(errno.ENOENT)
         attr = self._attr_entry(e)
@@ -334,7 +386,10 @@ class Filesystem(pyfuse3.Operations):
         cur = tree.entry(h.entry.inode)
         if cur is None:
             return tree.read(h.entry, off, size)
-        self._paged.add(cur.inode)
+        paged = self._paged
+        was = paged.get(cur.inode)
+        if was != cur.version:
+            paged[cur.inode] = cur.version if was is None else -1
         return tree.read(cur, off, size)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -348,21 +403,26 @@ class Filesystem(pyfuse3.Operations):
                 return h.fixed.write(buf, off)
             except GeneratedError as exc:
                 raise _err(exc) from None
-        assert h.entry is not None
-        if self.tree.entry(h.entry.inode) is None:
+        entry = h.entry
+        assert entry is not None
+        if self.tree.entry(entry.inode) is None:
             raise FUSEError(errno.ENOENT)
-        path = self.tree.path_of(h.entry)
+        path = self.tree.path_of(entry)
         done = 0
+        size = len(buf)
         self._waiting += 1
         try:
             # The reference sees 128 KiB chunks (aligned in the file), each its own version;
             # a chunk past 1 MiB fails and what was written before it is a short write.
-            while done < len(buf):
+            if 0 < size <= MAX_WRITE - off % MAX_WRITE:  # one chunk: the usual small write
+                done = await self.backend.write(path, off, bytes(buf))
+            while done < size:
                 pos = off + done
-                end = min(off + len(buf), (pos // MAX_WRITE + 1) * MAX_WRITE)
+                end = min(off + size, (pos // MAX_WRITE + 1) * MAX_WRITE)
                 chunk = bytes(buf[done : end - off])
                 done += await self.backend.write(path, pos, chunk)
-            await self._drop_pages(h.entry.inode)
+            if entry.inode in self._paged:
+                await self._drop_pages(entry.inode)
             return done
         except TreeError as exc:
             if done:
@@ -373,8 +433,7 @@ class Filesystem(pyfuse3.Operations):
 
     async def _drop_pages(self, tree_inode: int) -> None:
         """A direct write leaves other openers' cached pages stale: drop them before replying."""
-        if tree_inode in self._paged:
-            self._paged.discard(tree_inode)
+        if self._paged.pop(tree_inode, None) is not None:
             await self.inval.invalidate_now(to_fuse(tree_inode))
 
     async def release(self, fh: int) -> None:
@@ -514,17 +573,20 @@ class Filesystem(pyfuse3.Operations):
         return s
 
     # ------------------------------------------------------------------ xattrs
+    # Not implemented, as in the reference. ENOSYS makes the kernel stop sending each of
+    # these requests after the first, and it answers EOPNOTSUPP from then on, as before.
+    # (flush keeps pyfuse3's default, ENOSYS, for the same reason: nothing to do on close.)
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        raise FUSEError(errno.EOPNOTSUPP)
+        raise FUSEError(errno.ENOSYS)
 
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
-        raise FUSEError(errno.EOPNOTSUPP)
+        raise FUSEError(errno.ENOSYS)
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
-        raise FUSEError(errno.EOPNOTSUPP)
+        raise FUSEError(errno.ENOSYS)
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise FUSEError(errno.EOPNOTSUPP)
+        raise FUSEError(errno.ENOSYS)

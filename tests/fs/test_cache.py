@@ -212,3 +212,121 @@ def test_missing_name_cached_then_brought_by_a_resync(inproc: InProcess) -> None
 
     inproc.call(resync)
     assert read(inproc.mount / "synced.cfg") == b"from the leader"
+
+
+def listing(d: Path) -> dict[str, tuple[int, int]]:
+    """name -> (size, mode) as a listing gives them (readdirplus fills the attribute cache)."""
+    return {e.name: (e.stat().st_size, stat.S_IMODE(e.stat().st_mode)) for e in os.scandir(d)}
+
+
+def test_a_listing_follows_every_change_to_its_directory(inproc: InProcess) -> None:
+    d = inproc.mount / "ls"
+    d.mkdir()
+    (d / "a.cfg").write_bytes(b"1")
+    assert listing(d) == {"a.cfg": (1, 0o640)}
+    (d / "b.cfg").write_bytes(b"22")  # local create and write
+    assert listing(d) == {"a.cfg": (1, 0o640), "b.cfg": (2, 0o640)}
+    with open(d / "a.cfg", "r+b") as f:  # local write: the listing's size changes
+        f.write(b"xyz")
+    assert listing(d) == {"a.cfg": (3, 0o640), "b.cfg": (2, 0o640)}
+    os.unlink(d / "b.cfg")
+    assert listing(d) == {"a.cfg": (3, 0o640)}
+    inproc.call(inproc.tree.create, "ls/c.cfg", 2, 1700000000)  # a peer's create
+    assert listing(d) == {"a.cfg": (3, 0o640), "c.cfg": (0, 0o640)}
+    # a peer's write: a stale listing would hand the kernel the old size again
+    inproc.call(inproc.tree.write, "ls/c.cfg", 0, b"grown", 2, 1700000001)
+    assert listing(d) == {"a.cfg": (3, 0o640), "c.cfg": (5, 0o640)}
+    assert (d / "c.cfg").stat().st_size == 5
+    inproc.call(inproc.tree.rename, "ls/a.cfg", "moved.cfg", 2, 1700000002)
+    assert listing(d) == {"c.cfg": (5, 0o640)}
+    inproc.call(inproc.tree.rename, "moved.cfg", "ls/back.cfg", 2, 1700000003)
+    assert listing(d) == {"back.cfg": (3, 0o640), "c.cfg": (5, 0o640)}
+    inproc.call(inproc.tree.mkdir, "ls/sub", 2, 1700000004)
+    inproc.call(inproc.tree.delete, "ls/c.cfg", 2, 1700000005)
+    assert listing(d) == {"back.cfg": (3, 0o640), "sub": (0, 0o755)}
+
+
+def test_a_listing_follows_quorum_and_resync(inproc: InProcess) -> None:
+    from pmxcfs.tree import Tree
+
+    d = inproc.mount / "lq"
+    d.mkdir()
+    (d / "f.cfg").write_bytes(b"")
+    assert listing(d) == {"f.cfg": (0, 0o640)}
+
+    def flip(q: bool) -> None:
+        inproc.backend.q = q
+        inproc.inval.invalidate_all(attr_only=True)
+
+    inproc.call(flip, False)
+    assert listing(d) == {"f.cfg": (0, 0o440)}
+    inproc.call(flip, True)
+    assert listing(d) == {"f.cfg": (0, 0o640)}
+    other = Tree.from_rows(inproc.tree.rows())
+    other.write("lq/f.cfg", 0, b"from the leader", 3, 1700000000)
+    other.create("lq/new.cfg", 3, 1700000000)
+    rows = other.rows()
+    inproc.call(lambda: inproc.tree.replace_contents(Tree.from_rows(rows)))
+    assert listing(d) == {"f.cfg": (15, 0o640), "new.cfg": (0, 0o640)}
+
+
+def test_an_open_directory_keeps_listing_what_it_saw(inproc: InProcess) -> None:
+    d = inproc.mount / "snap"
+    d.mkdir()
+    for i in range(300):  # more than one readdirplus reply
+        (d / f"f{i:03d}.cfg").write_bytes(b"")
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        first = os.listdir(fd)
+        inproc.call(inproc.tree.create, "snap/late.cfg", 2, 1700000000)
+        assert "late.cfg" in os.listdir(d)
+        assert sorted(first) == sorted(f"f{i:03d}.cfg" for i in range(300))
+    finally:
+        os.close(fd)
+
+
+def test_xattr_requests_reach_the_daemon_once(inproc: InProcess) -> None:
+    f = inproc.mount / "x.cfg"
+    f.write_bytes(b"")
+    calls: list[str] = []
+    for op in ("getxattr", "setxattr", "listxattr", "removexattr"):
+        orig = getattr(inproc.fs, op)
+
+        async def counted(*args: object, _op: str = op, _orig: object = orig) -> object:
+            calls.append(_op)
+            return await _orig(*args)  # type: ignore[operator]
+
+        setattr(inproc.fs, op, counted)
+    for _ in range(3):
+        for fn, args in (
+            (os.getxattr, (f, "user.x")),
+            (os.setxattr, (f, "user.x", b"1")),
+            (os.listxattr, (f,)),
+            (os.removexattr, (f, "user.x")),
+        ):
+            with pytest.raises(OSError) as ei:
+                fn(*args)
+            assert ei.value.errno == errno.EOPNOTSUPP
+    # each at most once: after ENOSYS the kernel answers by itself
+    assert sorted(set(calls)) == sorted(calls)
+
+
+def test_an_open_after_a_peer_change_does_not_wait_for_the_invalidation(
+    inproc: InProcess,
+) -> None:
+    """Pages cached for an older version are dropped by the next open itself: a peer's
+    change is visible at once even while the invalidation thread lags behind (here it is
+    switched off; the write keeps the size, so no attribute is stale either)."""
+    f = inproc.mount / "lag.cfg"
+    f.write_bytes(b"one")
+    assert read(f) == b"one"
+    assert read(f) == b"one"  # cached
+    inproc.inval.active = False  # nothing reaches the kernel from the thread
+    try:
+        inproc.call(inproc.tree.write, "lag.cfg", 0, b"two", 2, 1700000000, False)
+        assert read(f) == b"two"
+        before = CountingFs.reads
+        assert read(f) == b"two"
+        assert CountingFs.reads == before  # and cached again from then on
+    finally:
+        inproc.inval.active = True
