@@ -26,6 +26,20 @@ from .errors import (
     error_for,
 )
 
+_DISPATCH_ALL: list[int] = []
+_DISPATCH_NAMES: dict[str, str] = {}
+
+
+def _dispatch_all_flag() -> int:
+    """CS_DISPATCH_ALL, read once from the compiled module (imported lazily: building it
+    must not be a side effect of importing this package)."""
+    if not _DISPATCH_ALL:
+        from ._corosync import lib
+
+        _DISPATCH_ALL.append(int(lib.CS_DISPATCH_ALL))
+    return _DISPATCH_ALL[0]
+
+
 T = TypeVar("T")
 S = TypeVar("S", bound="Service")
 
@@ -85,6 +99,12 @@ class Service:
     """
 
     _kind: ClassVar[str] = "corosync"
+
+    @property
+    def _dispatch_name(self) -> str:
+        return _DISPATCH_NAMES.get(self._kind) or _DISPATCH_NAMES.setdefault(
+            self._kind, f"{self._kind}_dispatch"
+        )
 
     def __init__(self) -> None:
         self._handle: int | None = None
@@ -225,11 +245,9 @@ class Service:
 
     def _dispatch_all(self, handle: int) -> int:
         """One ``*_dispatch(CS_DISPATCH_ALL)``; re-raises what a callback raised."""
-        from ._corosync import lib
-
         self._busy += 1
         try:
-            rc = self._lib_dispatch(handle, lib.CS_DISPATCH_ALL)
+            rc = self._lib_dispatch(handle, _dispatch_all_flag())
         finally:
             self._busy -= 1
         self._release_if_pending()
@@ -244,8 +262,9 @@ class Service:
         Callbacks run synchronously inside it.  Raises :class:`CorosyncUnavailable` if
         the connection is gone, and re-raises an exception a handler raised.
         """
+        name = self._dispatch_name
         while True:
-            handle = self._h(f"{self._kind}_dispatch")
+            handle = self._h(name)
             if self.before_dispatch is not None:
                 self.before_dispatch()
             try:
@@ -256,7 +275,7 @@ class Service:
             if rc == CSErrTryAgain.code:
                 await trio.sleep(retry_delay)
                 continue
-            self._check(rc, f"{self._kind}_dispatch")
+            self._check(rc, name)
             return
 
     def dispatch_ready(self) -> None:
@@ -274,9 +293,9 @@ class Service:
             self._poller_fd = self._fd
         if not poller.poll(0):
             return
-        rc = self._dispatch_all(self._h(f"{self._kind}_dispatch"))
+        rc = self._dispatch_all(self._h(self._dispatch_name))
         if rc != CS_OK and rc != CSErrTryAgain.code:
-            self._check(rc, f"{self._kind}_dispatch")
+            self._check(rc, self._dispatch_name)
 
     async def run(self) -> None:
         """Dispatch loop driven by fd readiness (``wait_readable``), never by polling.

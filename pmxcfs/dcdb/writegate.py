@@ -26,7 +26,16 @@ from collections.abc import Callable, Iterable, Mapping
 class WriteGate:
     """corosync quorum + vote quorum of the replication group, with flip listeners."""
 
-    __slots__ = ("_last", "_quorate", "extra_votes", "group", "listeners", "needed", "node_votes")
+    __slots__ = (
+        "_group_ok",
+        "_last",
+        "_quorate",
+        "extra_votes",
+        "group",
+        "listeners",
+        "needed",
+        "node_votes",
+    )
 
     def __init__(self, quorate: Callable[[], bool] = lambda: True) -> None:
         self._quorate = quorate
@@ -41,6 +50,8 @@ class WriteGate:
         self.group: frozenset[int] | None = None
         self.listeners: list[Callable[[bool], None]] = []
         self._last = False
+        #: group_quorate, computed when an input changes (asked once per delivery)
+        self._group_ok = False
 
     # ------------------------------------------------------------------ queries
 
@@ -64,7 +75,7 @@ class WriteGate:
 
     @property
     def group_quorate(self) -> bool:
-        return self.group is not None and self.group_votes() >= self.threshold()
+        return self._group_ok
 
     @property
     def applies(self) -> bool:
@@ -109,6 +120,7 @@ class WriteGate:
 
     def changed(self) -> None:
         """Re-evaluate after any input changed (quorate flips too); listeners hear flips."""
+        self._group_ok = self.group is not None and self.group_votes() >= self.threshold()
         now = self.writable
         if now != self._last:
             self._last = now

@@ -8,7 +8,6 @@ deliveries that follow them (the reference's poll priorities; issue 10, loss 1).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -39,6 +38,7 @@ class QuorumWatcher:
         self.restart_delay = restart_delay
         self._quorum: Quorum | None = None
         self._votequorum: Votequorum | None = None  # queried at each notification
+        self._corosync_error: type[Exception] = Exception  # cpg.CorosyncError once running
 
     def _set_quorate(self, quorate: bool) -> None:
         old = self.status.quorate
@@ -72,17 +72,20 @@ class QuorumWatcher:
         self.gate.set_votes(info.quorum, info.qdevice_votes_cast)
 
     def dispatch_ready(self) -> None:
-        """Handle quorum notifications already pending, now (an error is the run task's)."""
+        """Handle quorum notifications already pending, now (an error is the run task's).
+        Runs before every CPG dispatch: no import or context manager here."""
         q = self._quorum
         if q is not None:
-            from cpg import CorosyncError
-
-            with contextlib.suppress(CorosyncError):
+            try:
                 q.dispatch_ready()
+            except Exception as exc:
+                if not isinstance(exc, self._corosync_error):
+                    raise
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from cpg import CorosyncError, Quorum
 
+        self._corosync_error = CorosyncError
         self.status.set_quorate(False)
         task_status.started()
         try:
