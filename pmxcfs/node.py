@@ -26,12 +26,12 @@ from .constants import (
     RESTART_DELAY,
     RESTART_FLAG_NAME,
 )
-from .dfsm.machine import DEFAULT_VERIFY_INTERVAL
 from .fs.invalidator import Invalidator
 from .fs.namespace import Namespace, debug_writer
 from .fs.operations import Filesystem
 from .ipc.ops import IpcState
 from .journal import GroupCommit
+from .options import VERIFY_INTERVAL as DEFAULT_VERIFY_INTERVAL  # no DFSM in local mode
 from .runtime import StartupError, create_restart_flag
 from .status.clusterlog import ClusterLog
 from .status.clusterlog_store import FILE_NAME as CLUSTERLOG_FILE
