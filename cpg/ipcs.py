@@ -4,9 +4,11 @@ libqb does the whole transport (the listening abstract socket, the SCM_CREDENTIA
 the shared-memory rings); it only asks its host for an event loop through
 ``qb_ipcs_poll_handlers``.  Here that loop is trio's:
 
-* ``dispatch_add/mod/del(fd, events, fn)`` become one trio task per fd that waits for the
-  fd (``wait_readable``/``wait_writable``), asks ``poll(2)`` for the exact revents and calls
-  libqb's ``fn``; a return < 0 removes the fd, as in libqb's own loop;
+* ``dispatch_add/mod/del(fd, events, fn)`` keep libqb's fds in a private level-triggered
+  epoll; one trio task waits for that epoll's fd, reads every ready fd with its exact
+  revents in one ``epoll_wait(0)`` and calls libqb's ``fn`` for each; a return < 0 removes
+  the fd, as in libqb's own loop.  While no other task is runnable it waits for the next
+  request without leaving the task (:class:`_HotWait`), as libqb's own loop would;
 * ``job_add(fn, data)`` runs ``fn(data)`` soon, from a task of the same nursery.
 
 Everything runs on the trio thread and libqb never blocks (its sockets and rings are
@@ -21,12 +23,14 @@ at a time.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import logging
 import os
 import select
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,10 +44,8 @@ log = logging.getLogger("cpg.ipcs")
 REQUEST_HEADER_SIZE = 16  # struct qb_ipc_request_header: i32 id, i32 size, 8-byte aligned
 RESPONSE_HEADER_SIZE = 24  # struct qb_ipc_response_header: i32 id, i32 size, i32 error
 _REQ_HDR = struct.Struct("=i4xi4x")
+_REQ_ID = struct.Struct("=i")
 _RESP_HDR = struct.Struct("=i4xi4xi4x")
-
-_IN = select.POLLIN | select.POLLPRI
-_OUT = select.POLLOUT
 
 
 @dataclass(eq=False)
@@ -56,6 +58,7 @@ class IpcConnection:
     context: Any = None
     requests: int = 0
     closed: bool = field(default=False)
+    bufsize: int = field(default=0, repr=False)  # libqb's buffer, cached at the first request
 
 
 #: accept(uid, gid, pid) -> context, or None to refuse the client
@@ -64,28 +67,22 @@ AcceptFn = Callable[[int, int, int], Any]
 ProcessFn = Callable[[IpcConnection, bytes], tuple[int, bytes]]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Watch:
     fd: int
     events: int
     data: Any
     fn: Any
     dead: bool = False
-    scope: trio.CancelScope | None = None
 
 
 _ACTIVE: IpcServer | None = None
 
-
-def _key(c: Any) -> int:
-    return int(ffi.cast("uintptr_t", c))
-
-
-def _poll_now(fd: int, events: int) -> int:
-    p = select.poll()
-    p.register(fd, events)
-    res = p.poll(0)
-    return res[0][1] if res else 0
+#: the poll(2) bits libqb may ask for that epoll knows (POLLNVAL has no epoll twin: epoll
+#: never reports a closed fd, libqb learns it from dispatch_del or a failed call)
+_EPOLL_WANT = select.POLLIN | select.POLLPRI | select.POLLOUT
+#: what an epoll event may carry that poll(2) would report (same bit values)
+_REVENTS = _EPOLL_WANT | select.POLLERR | select.POLLHUP
 
 
 class IpcServer:
@@ -106,6 +103,7 @@ class IpcServer:
         on_close: Callable[[IpcConnection], None] | None = None,
         on_stop: Callable[[], None] | None = None,
         ipc_type: int | None = None,
+        hot_wait: bool = True,
     ) -> None:
         self.name = name
         self.service_id = service_id
@@ -114,10 +112,15 @@ class IpcServer:
         self.on_close = on_close
         self.on_stop = on_stop  # called when a started server is about to be torn down
         self.ipc_type = lib.QB_IPC_SHM if ipc_type is None else ipc_type
-        self.connections: dict[int, IpcConnection] = {}
+        self.hot_wait = hot_wait  # False: always wait through trio (see _HotWait)
+        #: keyed by the connection's cdata pointer (cffi hashes and compares it by address)
+        self.connections: dict[Any, IpcConnection] = {}
         self._service: Any = None
         self._nursery: trio.Nursery | None = None
         self._watches: dict[int, _Watch] = {}
+        #: libqb's fds: [the epoll trio waits on] + [the hot wait's epoll, if any]
+        self._epolls: list[select.epoll] = []
+        self._hot: _HotWait | None = None
         self._stopping = False
         # libqb copies both structs, but keep them (and the names) alive with the service
         self._c_name = ffi.new("char[]", name.encode())
@@ -144,21 +147,32 @@ class IpcServer:
         if _ACTIVE is not None:
             raise RuntimeError("only one libqb IPC server can run per process")
         failed: OSError | None = None
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            _ACTIVE = self
-            try:
-                self._start()
-            except OSError as exc:
-                failed = exc  # raised below, outside the nursery (no ExceptionGroup)
-                self._stopping = True
-                _ACTIVE = None
-            else:
+        self._hot = _HotWait.create() if self.hot_wait else None
+        self._epolls = [select.epoll()]
+        if self._hot is not None:
+            self._epolls.append(self._hot.epoll)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                _ACTIVE = self
                 try:
-                    task_status.started(self)
-                    await trio.sleep_forever()
-                finally:
-                    self._stop(nursery)
+                    self._start()
+                except OSError as exc:
+                    failed = exc  # raised below, outside the nursery (no ExceptionGroup)
+                    self._stopping = True
+                    _ACTIVE = None
+                else:
+                    try:
+                        nursery.start_soon(self._pump)
+                        task_status.started(self)
+                        await trio.sleep_forever()
+                    finally:
+                        self._stop(nursery)
+        finally:
+            # the pump is gone with the nursery: trio no longer waits on the epoll fd
+            for ep in self._epolls:
+                ep.close()
+            self._epolls, self._hot = [], None
         if failed is not None:
             raise failed
 
@@ -169,7 +183,7 @@ class IpcServer:
                 self.on_stop()
             except Exception:
                 log.exception("IPC on_stop hook failed")
-        # stop every fd task and pending job first: nothing may call into libqb once the
+        # stop the pump and every pending job first: nothing may call into libqb once the
         # service is gone; then let libqb close its connections and fds
         nursery.cancel_scope.cancel()
         self._stopping = True
@@ -217,62 +231,92 @@ class IpcServer:
             return -errno.ESHUTDOWN
         if fd in self._watches:
             return -errno.EEXIST
-        w = _Watch(fd, events, data, fn)
-        self._watches[fd] = w
-        self._nursery.start_soon(self._watch, w)
+        done: list[select.epoll] = []
+        try:
+            for ep in self._epolls:
+                ep.register(fd, events & _EPOLL_WANT)
+                done.append(ep)
+        except OSError as exc:
+            for ep in done:
+                ep.unregister(fd)
+            return -(exc.errno or errno.EINVAL)
+        self._watches[fd] = _Watch(fd, events, data, fn)
         return 0
 
     def _dispatch_mod(self, fd: int, events: int, data: Any, fn: Any) -> int:
         w = self._watches.get(fd)
         if w is None:
             return -errno.ENOENT
-        changed = w.events != events
+        if (w.events ^ events) & _EPOLL_WANT:
+            try:
+                for ep in self._epolls:
+                    ep.modify(fd, events & _EPOLL_WANT)
+            except OSError as exc:
+                return -(exc.errno or errno.EINVAL)
         w.events, w.data, w.fn = events, data, fn
-        if changed and w.scope is not None:
-            w.scope.cancel()  # wait again, for the new events
         return 0
 
     def _dispatch_del(self, fd: int) -> int:
         w = self._watches.get(fd)
         if w is None:
             return -errno.ENOENT
-        self._drop(w)
-        # libqb closes the fd next: trio must forget it first
-        with contextlib.suppress(RuntimeError):  # outside trio.run nobody waits on it
-            trio.lowlevel.notify_closing(fd)
+        self._drop(w)  # before libqb closes the fd
         return 0
 
     def _drop(self, w: _Watch) -> None:
         w.dead = True
         if self._watches.get(w.fd) is w:
             del self._watches[w.fd]
-        if w.scope is not None:
-            w.scope.cancel()
+            for ep in self._epolls:
+                with contextlib.suppress(OSError, ValueError):  # fd closed: epoll forgot it
+                    ep.unregister(w.fd)
 
-    async def _watch(self, w: _Watch) -> None:
+    async def _pump(self) -> None:
+        """The one task that serves every libqb fd.
+
+        libqb's fds sit in a private level-triggered epoll, registered once; trio waits on
+        that epoll's fd.  One ``epoll_wait(0)`` per wakeup then names every ready fd with
+        its exact revents (no poll(2) per fd, no re-registration per request), and every
+        ready connection is served before the task waits again.
+
+        After serving, once trio has nothing else to run, the task stays *hot*: it blocks
+        in a second epoll that holds libqb's fds and trio's own epoll fd, so the client's
+        next request is served without a trip through trio's scheduler, and any event of
+        trio's (I/O, a signal, a thread's ``run_sync_soon``), a task made runnable or trio's
+        next deadline sends it back at once (see :class:`_HotWait`).
+        """
+        wait_readable = trio.lowlevel.wait_readable
+        idle = self._epolls[0]
+        idle_fd, idle_poll = idle.fileno(), idle.poll
+        hot = self._hot
+        while True:
+            await wait_readable(idle_fd)
+            self._serve(idle_poll(0))
+            if hot is not None:
+                hot.run(self._serve)
+
+    def _serve(self, ready: list[tuple[int, int]]) -> None:
+        watches = self._watches
+        if len(ready) == 1:
+            fd, revents = ready[0]
+            w = watches.get(fd)
+            if w is not None:
+                self._dispatch(w, revents)
+            return
+        # look every fd up first: a dispatch may delete a later one (and libqb may reuse its
+        # number for a new connection within the same batch)
+        for w, revents in [(watches.get(fd), ev) for fd, ev in ready]:
+            if w is not None and not w.dead and not self._stopping:
+                self._dispatch(w, revents)
+
+    def _dispatch(self, w: _Watch, revents: int) -> None:
         try:
-            await self._watch_loop(w)
+            rc = w.fn(w.fd, revents & _REVENTS, w.data)
         except Exception:  # a bug here must not take the daemon down: drop this fd only
-            log.exception("IPC: watching fd %d failed", w.fd)
+            log.exception("IPC: dispatching fd %d failed", w.fd)
+            rc = -1
+        if rc < 0 and not w.dead:  # as libqb's own loop: a failed dispatch drops the fd
             self._drop(w)
-
-    async def _watch_loop(self, w: _Watch) -> None:
-        while not w.dead:
-            with trio.CancelScope() as scope:
-                w.scope = scope
-                with contextlib.suppress(trio.ClosedResourceError):
-                    await _wait_fd(w.fd, w.events)
-            w.scope = None
-            if w.dead or self._stopping:
-                return
-            if scope.cancelled_caught:
-                continue  # dispatch_mod changed the events
-            revents = _poll_now(w.fd, w.events)
-            if revents == 0:
-                continue
-            rc = w.fn(w.fd, revents, w.data)
-            if rc < 0 and not w.dead:
-                self._drop(w)
 
     # ------------------------------------------------------------------ service handlers
 
@@ -286,33 +330,42 @@ class IpcServer:
             ctx = None
         if ctx is None:
             return -errno.EACCES
-        self.connections[_key(c)] = IpcConnection(uid, gid, pid, ctx)
+        self.connections[c] = IpcConnection(uid, gid, pid, ctx)
         return 0
 
     def _on_msg(self, c: Any, data: Any, size: int) -> int:
         # libqb passes the header's size field, not the received length; a value outside
         # [header, buffer] is answered without reading past what libqb mapped
-        head = bytes(ffi.buffer(data, 8))
-        req_id = struct.unpack_from("=i", head)[0]
-        conn = self.connections.get(_key(c))
-        bufsize = lib.qb_ipcs_connection_get_buffer_size(c)
+        conn = self.connections.get(c)
         if conn is None:
+            req_id = _REQ_ID.unpack_from(ffi.buffer(data, 4))[0]
             error, payload = -errno.EACCES, b""
-        elif not REQUEST_HEADER_SIZE <= size <= max(bufsize, REQUEST_HEADER_SIZE):
-            error, payload = -errno.EINVAL, b""
         else:
-            conn.requests += 1
-            try:
-                error, payload = self.process(conn, bytes(ffi.buffer(data, size)))
-                if not isinstance(error, int) or not -(2**31) <= error <= 0:
-                    raise TypeError(f"bad error code {error!r}")
-                payload = bytes(payload)
-            except Exception:  # the client must get an answer: it may wait forever
-                log.exception("IPC request handler failed")
-                error, payload = -errno.EIO, b""
+            bufsize = conn.bufsize
+            if not bufsize:  # fixed for the connection's life, known once it is set up
+                bufsize = conn.bufsize = max(
+                    lib.qb_ipcs_connection_get_buffer_size(c), REQUEST_HEADER_SIZE
+                )
+            if REQUEST_HEADER_SIZE <= size <= bufsize:
+                request = ffi.buffer(data, size)[:]
+                req_id = _REQ_ID.unpack_from(request)[0]
+                conn.requests += 1
+                try:
+                    error, payload = self.process(conn, request)
+                    if not isinstance(error, int) or not -(2**31) <= error <= 0:
+                        raise TypeError(f"bad error code {error!r}")
+                    if type(payload) is not bytes:
+                        payload = bytes(payload)
+                except Exception:  # the client must get an answer: it may wait forever
+                    log.exception("IPC request handler failed")
+                    error, payload = -errno.EIO, b""
+            else:
+                req_id = _REQ_ID.unpack_from(ffi.buffer(data, 4))[0]
+                error, payload = -errno.EINVAL, b""
         if error:
-            payload = b""
-        resp = _RESP_HDR.pack(req_id, RESPONSE_HEADER_SIZE + len(payload), error) + payload
+            resp = _RESP_HDR.pack(req_id, RESPONSE_HEADER_SIZE, error)
+        else:
+            resp = _RESP_HDR.pack(req_id, RESPONSE_HEADER_SIZE + len(payload), 0) + payload
         rc = lib.qb_ipcs_response_send(c, resp, len(resp))
         if rc < 0:
             log.critical("qb_ipcs_response_send: %s", os.strerror(-rc))
@@ -336,30 +389,95 @@ class IpcServer:
                 lib.qb_ipcs_connection_unref(c)
 
     def _on_destroyed(self, c: Any) -> None:
-        conn = self.connections.pop(_key(c), None)
+        conn = self.connections.pop(c, None)
         if conn is not None:
             conn.closed = True
             if self.on_close is not None:
                 self.on_close(conn)
 
 
-async def _wait_fd(fd: int, events: int) -> None:
-    want_in, want_out = bool(events & _IN), bool(events & _OUT)
-    if want_in and want_out:
-        async with trio.open_nursery() as n:
+#: the longest one hot wait lasts (then the pump waits through trio once; trio's deadlines end
+#: it sooner)
+HOT_WAIT = 0.05
 
-            async def one(waiter: Callable[[int], Any]) -> None:
-                await waiter(fd)
-                n.cancel_scope.cancel()
 
-            n.start_soon(one, trio.lowlevel.wait_readable)
-            n.start_soon(one, trio.lowlevel.wait_writable)
-    elif want_out:
-        await trio.lowlevel.wait_writable(fd)
-    elif want_in:
-        await trio.lowlevel.wait_readable(fd)
-    else:
-        await trio.sleep_forever()
+class _HotWait:
+    """The pump's wait for the next request *outside* trio's scheduler, while trio is idle.
+
+    A request/response client (PVE::IPCC) sends its next request a few microseconds after
+    its answer.  Waiting for it through trio costs a scheduler round trip and an epoll
+    re-arm per request, more than serving it.  Instead, when no other task is runnable,
+    the pump blocks in this epoll, which holds libqb's fds *and trio's own epoll fd*: any
+    of trio's events (an fd, a signal, a thread's ``run_sync_soon``, which all make trio's
+    epoll readable) ends the wait at once, and so do a task that a served request made
+    runnable, trio's next deadline and ``HOT_WAIT``.  So nothing of trio's waits longer
+    than it would have; the thread merely sleeps in this epoll instead of trio's.
+
+    This reads trio's run loop where it has no public API: its run queue, its tasks'
+    "scheduled" mark (``_next_send_fn``, also set for tasks later in the running batch)
+    and its epoll object.  :meth:`create` returns None when they are not as expected
+    (another trio version or I/O backend, guest mode); the pump then always waits
+    through trio, which is complete on its own.
+    """
+
+    def __init__(self, runq: Any, tasks: Any, trio_fd: int) -> None:
+        self.runq = runq
+        self.tasks = tasks
+        self.trio_fd = trio_fd
+        self.epoll = select.epoll()
+        self.epoll.register(trio_fd, select.EPOLLIN)
+
+    @classmethod
+    def create(cls) -> _HotWait | None:
+        try:
+            from trio._core._run import GLOBAL_RUN_CONTEXT
+
+            runner = GLOBAL_RUN_CONTEXT.runner
+            runq, tasks = runner.runq, runner.tasks
+            trio_fd = runner.io_manager._epoll.fileno()
+            me = trio.lowlevel.current_task()
+            if (
+                runner.is_guest
+                or not isinstance(runq, collections.deque)
+                or not isinstance(tasks, set)
+                or me not in tasks
+                or me._next_send_fn is not None
+            ):
+                return None
+            return cls(runq, tasks, trio_fd)
+        except Exception:  # anything unexpected: no hot wait, the plain path is complete
+            return None
+
+    def idle(self) -> bool:
+        """No task is scheduled: none queued, none later in the batch running now."""
+        return not self.runq and all(t._next_send_fn is None for t in self.tasks)
+
+    def run(self, serve: Callable[[list[tuple[int, int]]], None]) -> None:
+        """Serve requests until trio has something to do (or HOT_WAIT is over)."""
+        if not self.idle():
+            return
+        budget = min(HOT_WAIT, trio.lowlevel.current_statistics().seconds_to_next_deadline)
+        end = time.monotonic() + budget
+        poll, trio_fd, runq = self.epoll.poll, self.trio_fd, self.runq
+        while True:
+            timeout = end - time.monotonic()
+            if timeout <= 0:
+                return
+            ready = poll(timeout)
+            if not ready:
+                return
+            if len(ready) == 1:
+                if ready[0][0] == trio_fd:
+                    return
+                serve(ready)
+            else:
+                mine = [e for e in ready if e[0] != trio_fd]
+                if mine:
+                    serve(mine)
+                if len(mine) != len(ready):
+                    return
+            if runq:
+                return
 
 
 # ---------------------------------------------------------------------- C callbacks
@@ -408,7 +526,14 @@ def _py_qbs_created(c: Any) -> None:
 
 @ffi.def_extern()
 def _py_qbs_msg_process(c: Any, data: Any, size: int) -> int:
-    return _guard(0, "msg_process", lambda s: s._on_msg(c, data, size))
+    srv = _ACTIVE  # _guard inlined: this runs once per request
+    if srv is None:
+        return 0
+    try:
+        return srv._on_msg(c, data, size)
+    except Exception:  # never raise through C
+        log.exception("libqb msg_process callback failed")
+        return 0
 
 
 @ffi.def_extern()

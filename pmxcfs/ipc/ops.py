@@ -23,8 +23,8 @@ from __future__ import annotations
 import errno
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from ..cstr import c_str
 from ..paths import VM_KINDS, is_private
@@ -94,6 +94,27 @@ class IpcState:
     status: ClusterStatus
     clog: ClusterLog
     kvstore: KvstoreService | None = None
+    #: GET_GUEST_LIST's last answer: (the VmList.ids dict it was rendered from, its version,
+    #: the reply); holding the dict keeps its identity from being reused
+    _guest_list: tuple[Any, int, bytes] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def guest_list(self) -> bytes:
+        """`.vmlist` as GET_GUEST_LIST answers it, rendered again only when it changed.
+
+        VmList changes its `ids` in place only together with a `version` bump (register,
+        remove) and otherwise replaces the dict (rebuild), so the dict's identity and the
+        version say whether the last rendering still holds.
+        """
+        vmlist = self.tree.vmlist
+        ids, version = vmlist.ids, vmlist.version
+        cached = self._guest_list
+        if cached is not None and cached[0] is ids and cached[1] == version:
+            return cached[2]
+        reply = render_vmlist(vmlist).encode()
+        self._guest_list = (ids, version, reply)
+        return reply
 
     def set_status(self, key: bytes, value: bytes) -> int:
         if self.kvstore is not None:
@@ -343,7 +364,7 @@ def _verify_token(state: IpcState, peer: Peer, payload: bytes) -> Reply:
 _OPS: dict[int, Callable[[IpcState, Peer, bytes], Reply]] = {
     GET_FS_VERSION: _no_payload(lambda s: render_version(s.status, s.tree.vmlist).encode()),
     GET_CLUSTER_INFO: _no_payload(lambda s: render_members(s.status).encode()),
-    GET_GUEST_LIST: _no_payload(lambda s: render_vmlist(s.tree.vmlist).encode()),
+    GET_GUEST_LIST: _no_payload(IpcState.guest_list),
     SET_STATUS: _set_status,
     GET_STATUS: _get_status,
     GET_CONFIG: _get_config,

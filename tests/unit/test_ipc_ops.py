@@ -10,9 +10,12 @@ import pytest
 
 from pmxcfs.ipc import ops
 from pmxcfs.ipc.ops import IpcState, Peer, check_access, handle
+from pmxcfs.paths import VmConfig
 from pmxcfs.status.clusterlog import ClusterLog
+from pmxcfs.status.render import render_vmlist
 from pmxcfs.status.state import ClusterStatus
 from pmxcfs.tree import Tree
+from pmxcfs.vmlist import VmList
 
 ROOT = Peer(0, 0, 4242, readonly=False)
 RO = Peer(1000, 33, 4343, readonly=True)
@@ -298,6 +301,35 @@ def test_guest_config_properties(state: IpcState) -> None:
     ):
         assert run(state, 13, bad) == (-errno.EINVAL, b""), bad
     assert run(state, 13, struct.pack("=IB", 999, 1) + b"memory\0") == (-errno.ENOENT, b"")
+
+
+def test_guest_list_follows_every_vmlist_change(state: IpcState) -> None:
+    """GET_GUEST_LIST keeps its rendering until the VM list changes: each change shows."""
+
+    def guest_list() -> bytes:
+        err, data = run(state, 3)
+        assert err == 0
+        assert data == render_vmlist(state.tree.vmlist).encode()  # never a stale rendering
+        return data
+
+    first = guest_list()
+    assert guest_list() is first  # unchanged: the same reply, not rendered again
+    put(state.tree, "nodes/n1/qemu-server/103.conf", b"memory: 1\n")  # register
+    added = guest_list()
+    assert b'"103"' in added and added != first
+    state.tree.rename("nodes/n1/qemu-server/103.conf", "nodes/n2/qemu-server/103.conf", 0, 2)
+    moved = guest_list()
+    assert b'"103": { "node": "n2"' in moved
+    state.tree.delete("nodes/n2/qemu-server/103.conf", 0, 3)  # remove
+    assert b'"103"' not in guest_list()
+    # a rebuild that keeps the list's version still renders again: new per-VM versions
+    vmlist = state.tree.vmlist
+    version, before = vmlist.version, guest_list()
+    vmlist.rebuild([VmConfig(i.node, i.vmtype, v) for v, i in vmlist.ids.items()], bump=False)
+    assert vmlist.version == version
+    assert guest_list() != before
+    state.tree.vmlist = VmList()  # a new list altogether
+    assert guest_list() == b'{\n"version": 0\n\n}\n'
 
 
 def test_guest_ops_on_an_empty_vmlist() -> None:
