@@ -36,7 +36,7 @@ from .runtime import StartupError, create_restart_flag
 from .status.clusterlog import ClusterLog
 from .status.clusterlog_store import FILE_NAME as CLUSTERLOG_FILE
 from .status.clusterlog_store import ClusterLogStore
-from .status.render import render_members, render_rrd, render_version, render_vmlist
+from .status.render import render_members, render_rrd, render_version_bytes, render_vmlist
 from .status.rrdwriter import RrdWriter
 from .status.state import ClusterStatus
 from .storage import Database, DatabaseError
@@ -162,7 +162,7 @@ def build_namespace(
 ) -> Namespace:
     """The fixed root: symlinks and generated files (filesystem.md §7)."""
     ns = Namespace(nodename)
-    ns.add_generated(".version", lambda: render_version(status, tree.vmlist).encode())
+    ns.add_generated(".version", lambda: render_version_bytes(status, tree.vmlist))
     ns.add_generated(".members", lambda: render_members(status).encode())
     ns.add_generated(".vmlist", lambda: render_vmlist(tree.vmlist).encode())
     ns.add_generated(".rrd", lambda: render_rrd(status).encode())

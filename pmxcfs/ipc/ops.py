@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..cstr import c_str
 from ..paths import VM_KINDS, is_private
 from ..status.clusterlog import ClusterLog
-from ..status.render import render_members, render_rrd, render_version, render_vmlist
+from ..status.render import render_members, render_rrd, render_version_bytes, render_vmlist
 from ..status.state import ClusterStatus
 from ..tree import Tree
 
@@ -362,7 +362,7 @@ def _verify_token(state: IpcState, peer: Peer, payload: bytes) -> Reply:
 
 
 _OPS: dict[int, Callable[[IpcState, Peer, bytes], Reply]] = {
-    GET_FS_VERSION: _no_payload(lambda s: render_version(s.status, s.tree.vmlist).encode()),
+    GET_FS_VERSION: _no_payload(lambda s: render_version_bytes(s.status, s.tree.vmlist)),
     GET_CLUSTER_INFO: _no_payload(lambda s: render_members(s.status).encode()),
     GET_GUEST_LIST: _no_payload(IpcState.guest_list),
     SET_STATUS: _set_status,

@@ -11,11 +11,28 @@ __all__ = [
     "render_members",
     "render_rrd",
     "render_version",
+    "render_version_bytes",
     "render_vmlist",
 ]
 
 
 def render_version(status: ClusterStatus, vmlist: VmList) -> str:
+    return render_version_bytes(status, vmlist).decode()
+
+
+def render_version_bytes(status: ClusterStatus, vmlist: VmList) -> bytes:
+    """.version and GET_FS_VERSION: rendered again only after something it shows changed
+    (PVE tools poll it; it lists every versioned path and every node's key-values)."""
+    key = (status.generation, status.clinfo_version, vmlist.version, status.starttime)
+    hit = status.version_cache
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    text = _render_version(status, vmlist).encode()
+    status.version_cache = (key, text)
+    return text
+
+
+def _render_version(status: ClusterStatus, vmlist: VmList) -> str:
     out = [
         "{\n",
         f'"starttime": {status.starttime},\n',

@@ -130,6 +130,13 @@ class ClusterStatus:
     # (key without rrd/, data) of every accepted RRD update, ours and peers': the disk writer
     rrd_listeners: list[Callable[[str, str], None]] = field(default_factory=list)
     clock: Callable[[], float] = time.time  # RRD entry times
+    #: bumped by every change .version shows besides clinfo_version and the VM list's
+    #: version (a path counter, a key-value, a resync): the key of its rendered text
+    generation: int = 0
+    #: (key, rendered .version) of the last rendering (status/render.py)
+    version_cache: tuple[tuple[int, ...], bytes] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def set_quorate(self, quorate: bool) -> None:
         if quorate == self.quorate:
@@ -217,6 +224,7 @@ class ClusterStatus:
             self.set_node_ip(name, ip)
             return True
         store().put(key, value)
+        self.generation += 1
         return True
 
     def get_status(self, key: bytes, nodename: str = "") -> bytes | None:
@@ -233,12 +241,14 @@ class ClusterStatus:
     def record_change(self, path: str) -> None:
         if path in self.path_versions:
             self.path_versions[path] += 1
+            self.generation += 1
 
     def on_tree_change(self, change: Change) -> None:
         """Tree listener: the per-path counters of .version (mkdir does not count)."""
         if change.op is Op.RELOAD:
             for p in self.path_versions:
                 self.path_versions[p] += 1
+            self.generation += 1
         elif change.op is not Op.MKDIR:
             self.record_change(change.path)
             if change.to_path:

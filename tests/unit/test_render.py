@@ -140,3 +140,42 @@ def test_rrd_render_from_status() -> None:
     assert st.set_local(b"rrd/pve2-storage/n1/local", b"4:5\x00")
     assert render_rrd(st, now=1300) == "pve2-node/n1:1:2:3\npve2-storage/n1/local:4:5\n"
     assert render_rrd(st, now=1301) == ""
+
+
+def test_version_is_rendered_again_after_every_change_it_shows() -> None:
+    """.version is cached (PVE tools poll it): every kind of change must show at once."""
+    from pmxcfs.paths import VmConfig
+    from pmxcfs.tree import Change, Op
+
+    st = ClusterStatus("n1", starttime=1795434913)
+    st.set_cluster_info("c", 1, [NodeInfo("n1", 1), NodeInfo("n2", 2)])
+    vl = VmList()
+    seen = {render_version(st, vl)}
+    assert render_version(st, vl) in seen  # unchanged: the same text
+
+    def changed() -> None:
+        text = render_version(st, vl)
+        assert text not in seen
+        assert json.loads(text)  # still valid
+        seen.add(text)
+
+    st.on_tree_change(Change(Op.WRITE, path="user.cfg"))
+    changed()
+    st.on_tree_change(Change(Op.RENAME, path="x.tmp", to_path="storage.cfg"))
+    changed()
+    st.on_tree_change(Change(Op.RELOAD))
+    changed()
+    st.set_local(b"ceph-versions", b"1")
+    changed()
+    st.set_local(b"ceph-versions", b"2")  # a version bump of the same key
+    changed()
+    st.set_remote(2, b"ceph-versions", b"1")
+    changed()
+    st.set_online({1, 2})
+    changed()
+    st.set_cluster_info("c", 2, [NodeInfo("n1", 1)])
+    changed()
+    vl.register(VmConfig("n1", "qemu", 100))
+    changed()
+    st.on_tree_change(Change(Op.MKDIR, path="user.cfg"))  # mkdir does not count
+    assert render_version(st, vl) in seen
