@@ -8,7 +8,7 @@ the shared-memory rings); it only asks its host for an event loop through
   epoll; one trio task waits for that epoll's fd, reads every ready fd with its exact
   revents in one ``epoll_wait(0)`` and calls libqb's ``fn`` for each; a return < 0 removes
   the fd, as in libqb's own loop.  While no other task is runnable it waits for the next
-  request without leaving the task (:class:`_HotWait`), as libqb's own loop would;
+  request without leaving the task (:class:`HotWait`), as libqb's own loop would;
 * ``job_add(fn, data)`` runs ``fn(data)`` soon, from a task of the same nursery.
 
 Everything runs on the trio thread and libqb never blocks (its sockets and rings are
@@ -23,14 +23,12 @@ at a time.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import logging
 import os
 import select
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +36,7 @@ from typing import Any
 import trio
 
 from ._corosync import ffi, lib
+from .hotwait import HotWait
 
 log = logging.getLogger("cpg.ipcs")
 
@@ -112,7 +111,7 @@ class IpcServer:
         self.on_close = on_close
         self.on_stop = on_stop  # called when a started server is about to be torn down
         self.ipc_type = lib.QB_IPC_SHM if ipc_type is None else ipc_type
-        self.hot_wait = hot_wait  # False: always wait through trio (see _HotWait)
+        self.hot_wait = hot_wait  # False: always wait through trio (see HotWait)
         #: keyed by the connection's cdata pointer (cffi hashes and compares it by address)
         self.connections: dict[Any, IpcConnection] = {}
         self._service: Any = None
@@ -120,7 +119,7 @@ class IpcServer:
         self._watches: dict[int, _Watch] = {}
         #: libqb's fds: [the epoll trio waits on] + [the hot wait's epoll, if any]
         self._epolls: list[select.epoll] = []
-        self._hot: _HotWait | None = None
+        self._hot: HotWait | None = None
         self._stopping = False
         # libqb copies both structs, but keep them (and the names) alive with the service
         self._c_name = ffi.new("char[]", name.encode())
@@ -147,7 +146,7 @@ class IpcServer:
         if _ACTIVE is not None:
             raise RuntimeError("only one libqb IPC server can run per process")
         failed: OSError | None = None
-        self._hot = _HotWait.create() if self.hot_wait else None
+        self._hot = HotWait.create() if self.hot_wait else None
         self._epolls = [select.epoll()]
         if self._hot is not None:
             self._epolls.append(self._hot.epoll)
@@ -283,7 +282,7 @@ class IpcServer:
         in a second epoll that holds libqb's fds and trio's own epoll fd, so the client's
         next request is served without a trip through trio's scheduler, and any event of
         trio's (I/O, a signal, a thread's ``run_sync_soon``), a task made runnable or trio's
-        next deadline sends it back at once (see :class:`_HotWait`).
+        next deadline sends it back at once (see :class:`HotWait`).
         """
         wait_readable = trio.lowlevel.wait_readable
         idle = self._epolls[0]
@@ -394,90 +393,6 @@ class IpcServer:
             conn.closed = True
             if self.on_close is not None:
                 self.on_close(conn)
-
-
-#: the longest one hot wait lasts (then the pump waits through trio once; trio's deadlines end
-#: it sooner)
-HOT_WAIT = 0.05
-
-
-class _HotWait:
-    """The pump's wait for the next request *outside* trio's scheduler, while trio is idle.
-
-    A request/response client (PVE::IPCC) sends its next request a few microseconds after
-    its answer.  Waiting for it through trio costs a scheduler round trip and an epoll
-    re-arm per request, more than serving it.  Instead, when no other task is runnable,
-    the pump blocks in this epoll, which holds libqb's fds *and trio's own epoll fd*: any
-    of trio's events (an fd, a signal, a thread's ``run_sync_soon``, which all make trio's
-    epoll readable) ends the wait at once, and so do a task that a served request made
-    runnable, trio's next deadline and ``HOT_WAIT``.  So nothing of trio's waits longer
-    than it would have; the thread merely sleeps in this epoll instead of trio's.
-
-    This reads trio's run loop where it has no public API: its run queue, its tasks'
-    "scheduled" mark (``_next_send_fn``, also set for tasks later in the running batch)
-    and its epoll object.  :meth:`create` returns None when they are not as expected
-    (another trio version or I/O backend, guest mode); the pump then always waits
-    through trio, which is complete on its own.
-    """
-
-    def __init__(self, runq: Any, tasks: Any, trio_fd: int) -> None:
-        self.runq = runq
-        self.tasks = tasks
-        self.trio_fd = trio_fd
-        self.epoll = select.epoll()
-        self.epoll.register(trio_fd, select.EPOLLIN)
-
-    @classmethod
-    def create(cls) -> _HotWait | None:
-        try:
-            from trio._core._run import GLOBAL_RUN_CONTEXT
-
-            runner = GLOBAL_RUN_CONTEXT.runner
-            runq, tasks = runner.runq, runner.tasks
-            trio_fd = runner.io_manager._epoll.fileno()
-            me = trio.lowlevel.current_task()
-            if (
-                runner.is_guest
-                or not isinstance(runq, collections.deque)
-                or not isinstance(tasks, set)
-                or me not in tasks
-                or me._next_send_fn is not None
-            ):
-                return None
-            return cls(runq, tasks, trio_fd)
-        except Exception:  # anything unexpected: no hot wait, the plain path is complete
-            return None
-
-    def idle(self) -> bool:
-        """No task is scheduled: none queued, none later in the batch running now."""
-        return not self.runq and all(t._next_send_fn is None for t in self.tasks)
-
-    def run(self, serve: Callable[[list[tuple[int, int]]], None]) -> None:
-        """Serve requests until trio has something to do (or HOT_WAIT is over)."""
-        if not self.idle():
-            return
-        budget = min(HOT_WAIT, trio.lowlevel.current_statistics().seconds_to_next_deadline)
-        end = time.monotonic() + budget
-        poll, trio_fd, runq = self.epoll.poll, self.trio_fd, self.runq
-        while True:
-            timeout = end - time.monotonic()
-            if timeout <= 0:
-                return
-            ready = poll(timeout)
-            if not ready:
-                return
-            if len(ready) == 1:
-                if ready[0][0] == trio_fd:
-                    return
-                serve(ready)
-            else:
-                mine = [e for e in ready if e[0] != trio_fd]
-                if mine:
-                    serve(mine)
-                if len(mine) != len(ready):
-                    return
-            if runq:
-                return
 
 
 # ---------------------------------------------------------------------- C callbacks

@@ -83,6 +83,7 @@ class GroupRunner:
             delay = self.restart_delay
             cpg.after_dispatch = self.after_dispatch
             cpg.before_dispatch = self.before_dispatch
+            cpg.hot_wait = True  # deliveries are the hot path (cpg/hotwait.py)
             if dfsm.nodeid == 0:
                 dfsm.set_identity(cpg.nodeid, os.getpid())
             if self.on_identity is not None:

@@ -417,6 +417,83 @@ async def corosync_dies_under_us() -> None:
     q.finalize()
 
 
+async def _hot_round(hot: bool) -> tuple[int, int, int, int]:
+    """A peer process multicasts 300 messages; this handle, with(out) the hot wait, counts
+    them while a ticker task sleeps and a thread calls into trio: (hot dispatches,
+    deliveries, ticks, thread calls)."""
+    got = 0
+
+    def on_deliver(nodeid: int, pid: int, data: bytes) -> None:
+        nonlocal got
+        got += 1  # wakes nobody: the receiving side of a cluster's writes
+
+    c = Cpg(deliver_handler=on_deliver)
+    c.hot_wait = hot
+    hot_calls = 0
+    plain = c._hot_dispatch
+
+    def counted(ready: list[tuple[int, int]]) -> bool:
+        nonlocal hot_calls
+        hot_calls += 1
+        return plain(ready)
+
+    c._hot_dispatch = counted  # type: ignore[method-assign]
+    ticks = 0
+    calls = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await trio.sleep(0.002)  # deadlines end a hot wait
+            ticks += 1
+
+    def bump() -> None:
+        nonlocal calls
+        calls += 1
+
+    def caller(token: trio.lowlevel.TrioToken) -> None:
+        for _ in range(50):  # a thread's run_sync_soon ends a hot wait
+            trio.from_thread.run_sync(bump, trio_token=token)
+            time.sleep(0.002)
+
+    sender = (
+        "import trio, time\n"
+        "from cpg import Cpg\n"
+        "async def main():\n"
+        "    c = Cpg(deliver_handler=lambda *a: None)\n"
+        "    async with trio.open_nursery() as n:\n"
+        "        n.start_soon(c.run)\n"
+        "        await c.join('hot_wait_check', include_nul=True)\n"
+        "        for _ in range(300):\n"
+        "            await c.mcast(b'x' * 100)\n"
+        "            await trio.sleep(0.0005)\n"
+        "        c.finalize()\n"
+        "        n.cancel_scope.cancel()\n"
+        "trio.run(main)\n"
+    )
+    async with trio.open_nursery() as n:
+        n.start_soon(c.run)
+        await c.join("hot_wait_check", include_nul=True)
+        n.start_soon(ticker)
+        n.start_soon(trio.to_thread.run_sync, caller, trio.lowlevel.current_trio_token())
+        await trio.run_process([sys.executable, "-c", sender])
+        with trio.fail_after(20):
+            while got < 300 or calls < 50:
+                await trio.sleep(0.01)
+        c.finalize()
+        n.cancel_scope.cancel()
+    return hot_calls, got, ticks, calls
+
+
+@check
+async def hot_wait_dispatches_without_holding_back_trio() -> None:
+    hot_calls, got, ticks, calls = await _hot_round(True)
+    assert got == 300 and calls == 50 and ticks > 0, (got, calls, ticks)
+    assert hot_calls > 0, "no delivery was dispatched from the hot wait"
+    print(f"hot wait: {hot_calls} of {got} deliveries dispatched hot, {ticks} ticks")
+    hot_calls, got, ticks, calls = await _hot_round(False)
+    assert hot_calls == 0 and got == 300 and calls == 50 and ticks > 0
+
 def main(argv: list[str]) -> int:
     name = argv[1]
     try:

@@ -148,7 +148,7 @@ def run_script(script: str, *args: str) -> tuple[dict[str, Any], str]:
 @pytest.mark.parametrize("mode", ["hot", "through-trio"])
 def test_server_under_trio(mode: str) -> None:
     out, stderr = run_script(SCRIPT, mode)
-    assert out["hot"] == (mode == "hot")  # this trio's internals are the ones _HotWait reads
+    assert out["hot"] == (mode == "hot")  # this trio's internals are the ones HotWait reads
     assert out["echo"] == [0, "hello"]
     assert out["count"] == ["2", "3", "4"]  # one context per connection (echo was 1)
     assert out["bug"] == [-5, ""]  # a handler exception is -EIO, the connection survives
@@ -167,7 +167,7 @@ def test_server_under_trio(mode: str) -> None:
     assert out["shm_left"] == []
 
 
-# The pump's hot wait (cpg.ipcs._HotWait) sleeps in its own epoll instead of trio's while a
+# The pump's hot wait (cpg.hotwait.HotWait) sleeps in its own epoll instead of trio's while a
 # client keeps it busy.  HOT_WAIT is raised to an hour here, so only the rules under test
 # can end a hot wait: trio's I/O, a task made runnable, trio's next deadline.  A client
 # thread hammers requests until each awaited event happened, with a cap that only a
@@ -176,22 +176,23 @@ HOT_SCRIPT = textwrap.dedent(
     r"""
     import json, socket, sys, time
     import trio
+    import cpg.hotwait as hotwait
     import cpg.ipcs as ipcs
     from cpg.ipcs import IpcClient, IpcServer
 
-    ipcs.HOT_WAIT = 3600.0
+    hotwait.HOT_WAIT = 3600.0
     HOT = sys.argv[1] == "hot"
     served_hot = 0
-    _run = ipcs._HotWait.run
+    _run = ipcs.HotWait.run
 
     def counting_run(self, serve):
         def count(ready):
             global served_hot
             served_hot += len(ready)
-            serve(ready)
+            return serve(ready)
         _run(self, count)
 
-    ipcs._HotWait.run = counting_run
+    ipcs.HotWait.run = counting_run
     st = {"got": 0, "ticks": 0, "done": set()}
     CAP = 20.0  # seconds of hammering before a wait counts as starved
 
