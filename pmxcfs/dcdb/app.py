@@ -326,6 +326,13 @@ class DcdbApp:
         # member of it; see WriteGate.applies.
         if not self.gate.applies:
             reason = "the " + self.gate.group_reason() if self.gate.quorate else "not quorate"
+            if sender == self.local_member and self.gate.group == {sender[0]}:
+                # Our own write, and nobody else in the group to have applied it: refusing
+                # it diverges from no one, so no resync is needed. Leaving anyway would
+                # leave a C peer that joins meanwhile alone in the group, where it serves
+                # writes the next sync drops (its loss 2).
+                log.warning("dcdb: own write refused while %s", reason)
+                return self._observe(sender, count, subtype, DeliverOutcome(-errno.EACCES))
             log.error("dcdb: received write while %s - trigger resync", reason)
             return self._observe(sender, count, subtype, DeliverOutcome(-1, fatal=True))
         tree = self.tree

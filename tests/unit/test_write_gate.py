@@ -226,3 +226,25 @@ def test_deliveries_are_judged_by_the_group_not_by_the_unordered_flag() -> None:
     g.set_group([1])
     q["v"] = True
     assert not g.applies and not g.writable
+
+
+def test_own_write_refused_alone_in_the_group_needs_no_resync() -> None:
+    """Our own write delivered while we are alone in the group is refused (EACCES) without
+    leaving: nobody else applied it, and a leave would open a window in which a C peer that
+    joins is alone in the group and serves writes the next sync drops (its loss 2)."""
+    c = Nodes()
+    c.sim.auto_quorum = False  # corosync's flag on n1 lags: still quorate
+    c.sim.auto_rejoin = False  # a leave would show as p.left
+    c.apps[1].local_member = c.m(1)
+    c.sim.partition([{1}, {2, 3}])
+    c.sim.run()
+    rid = c.op(1, Subtype.CREATE, "alone.cfg")
+    c.sim.run()
+    p1 = c.sim.procs[c.m(1)]
+    assert c.result(1, rid) == -errno.EACCES
+    assert not p1.left and p1.dfsm.mode is Mode.SYNCED
+    assert not c.has(1, "alone.cfg")
+    # the heal syncs as usual and nothing diverged
+    c.sim.partition([{1, 2, 3}])
+    c.sim.run()
+    assert len({c.apps[n].tree.encode_index() for n in (1, 2, 3)}) == 1
