@@ -28,7 +28,6 @@ from .errors import (
 from .hotwait import HotWait
 
 _DISPATCH_ALL: list[int] = []
-_DISPATCH_NAMES: dict[str, str] = {}
 
 
 def _dispatch_all_flag() -> int:
@@ -103,13 +102,8 @@ class Service:
     #: see :meth:`run`; set before running (the DCDB group's handle uses it)
     hot_wait: bool = False
 
-    @property
-    def _dispatch_name(self) -> str:
-        return _DISPATCH_NAMES.get(self._kind) or _DISPATCH_NAMES.setdefault(
-            self._kind, f"{self._kind}_dispatch"
-        )
-
     def __init__(self) -> None:
+        self._dispatch_name = f"{self._kind}_dispatch"  # for errors; built once
         self._handle: int | None = None
         self._fd: int = -1
         self._closed = False
@@ -265,21 +259,25 @@ class Service:
         Callbacks run synchronously inside it.  Raises :class:`CorosyncUnavailable` if
         the connection is gone, and re-raises an exception a handler raised.
         """
+        while not self._dispatch_once():
+            await trio.sleep(retry_delay)
+
+    def _dispatch_once(self) -> bool:
+        """One dispatch between the before/after hooks; False if corosync answered
+        TRY_AGAIN (the caller decides when to retry), other errors raise."""
         name = self._dispatch_name
-        while True:
-            handle = self._h(name)
-            if self.before_dispatch is not None:
-                self.before_dispatch()
-            try:
-                rc = self._dispatch_all(handle)
-            finally:
-                if self.after_dispatch is not None:
-                    self.after_dispatch()
-            if rc == CSErrTryAgain.code:
-                await trio.sleep(retry_delay)
-                continue
-            self._check(rc, name)
-            return
+        handle = self._h(name)
+        if self.before_dispatch is not None:
+            self.before_dispatch()
+        try:
+            rc = self._dispatch_all(handle)
+        finally:
+            if self.after_dispatch is not None:
+                self.after_dispatch()
+        if rc == CSErrTryAgain.code:
+            return False
+        self._check(rc, name)
+        return True
 
     def dispatch_ready(self) -> None:
         """Run the callbacks of events already pending, synchronously, without waiting.
@@ -340,16 +338,4 @@ class Service:
         retry later: the plain path sleeps before that)."""
         if self.closed or self._busy:
             return False
-        name = self._dispatch_name
-        handle = self._h(name)
-        if self.before_dispatch is not None:
-            self.before_dispatch()
-        try:
-            rc = self._dispatch_all(handle)
-        finally:
-            if self.after_dispatch is not None:
-                self.after_dispatch()
-        if rc == CSErrTryAgain.code:
-            return False
-        self._check(rc, name)
-        return not self.closed
+        return self._dispatch_once() and not self.closed

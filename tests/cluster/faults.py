@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pmxcfs.fs.deathwatch import connection_of
 from tests.cluster.fault_report import Lost, Report
 from tests.cluster.harness import HarnessError, JsonProc
 from tests.cluster.pve_nodes import MOUNT, PveCluster, PveNode, Snapshot, describe_diff
@@ -590,15 +591,10 @@ def fuse_connection(pn: PveNode) -> str | None:
     """The FUSE connection (device minor) of the mount at /etc/pve in *pn*'s namespace, the
     top one if several are stacked; to abort it later, even once it is detached."""
     try:
-        text = Path(f"/proc/{pn.node.holder_pid}/mountinfo").read_text()
+        conn = connection_of(MOUNT, f"/proc/{pn.node.holder_pid}/mountinfo")
     except OSError:
         return None
-    conn = None
-    for line in text.splitlines():
-        f = line.split()
-        if f[4] == MOUNT and f[f.index("-") + 1].startswith("fuse"):
-            conn = f[2].split(":")[1]
-    return conn
+    return None if conn is None else str(conn)
 
 
 def abort_fuse(conn: str | None) -> str:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.cluster.faults import process_state
 from tests.cluster.pve_nodes import MOUNT, PveCluster
 
 pytestmark = pytest.mark.cluster
@@ -56,19 +57,18 @@ def test_sigterm_answers_a_create_waiting_for_the_cluster(pc: PveCluster) -> Non
     assert "requests still waiting" not in n1.log_text()
 
 
+def _threads(pid: int) -> list[tuple[str, str]]:
+    """(state, kernel wait channel) of every thread of *pid*; [] once it is gone."""
+    text = process_state(pid)
+    return [] if text == "gone" else [(t.split(":")[1], t.split(":")[2]) for t in text.split()]
+
+
 def _gone(pid: int, timeout: float) -> bool:
     """True once every thread of *pid* has exited (a zombie left for its parent to reap
     counts as gone)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            states = []
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                    states.append(f.read().rpartition(")")[2].split()[0])
-        except FileNotFoundError:
-            return True
-        if all(s in ("Z", "X") for s in states):
+        if all(state in ("Z", "X") for state, _ in _threads(pid)):
             return True
         time.sleep(0.05)
     return False
@@ -78,13 +78,8 @@ def _wait_for_wchan(pid: int, wchan: str, timeout: float) -> bool:
     """Wait until a thread of *pid* sleeps in kernel function *wchan*."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                with open(f"/proc/{pid}/task/{tid}/wchan") as f:
-                    if f.read().strip() == wchan:
-                        return True
-            except OSError:
-                pass
+        if any(w == wchan for _, w in _threads(pid)):
+            return True
         time.sleep(0.002)
     return False
 

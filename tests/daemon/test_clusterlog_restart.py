@@ -10,9 +10,7 @@ import secrets
 import signal
 import stat
 from collections import Counter
-from collections.abc import Iterator
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,16 +38,6 @@ def entries(raw: bytes | None) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------- one daemon
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[NetnsPmxcfs]:
-    d = NetnsPmxcfs(tmp_path / "n1", nodename="n1")
-    try:
-        d.start()
-        yield d
-    finally:
-        d.stop()
 
 
 def shown(d: NetnsPmxcfs) -> list[str]:

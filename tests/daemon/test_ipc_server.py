@@ -17,7 +17,6 @@ import shutil
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,16 +78,6 @@ def req(op: int, payload: bytes = b"", size: int | None = None) -> bytes:
 
 def name(s: bytes) -> bytes:
     return s.ljust(256, b"\x00")
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[NetnsPmxcfs]:
-    d = NetnsPmxcfs(tmp_path / "n1", nodename="n1")
-    try:
-        d.start()
-        yield d
-    finally:
-        d.stop()
 
 
 def write(d: Pmxcfs, rel: str, data: bytes) -> None:
